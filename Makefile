@@ -1,0 +1,57 @@
+# The two commands of the README's quick start, for a fresh Debian 12 machine, as root:
+#   make demo    install what is missing, then run the main job
+#   make test    install what is missing, then run linters and the whole test suite
+# Every system package the project needs is named here and installed here, never by hand.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := qemu-system-x86 libnss-wrapper util-linux passwd gcc libc6-dev python3-venv
+SYSTEM_STAMP := $(VENV)/.system-packages
+VENV_STAMP := $(VENV)/.installed
+
+.PHONY: help demo test lint unit system deps clean
+
+help:
+	@echo "make demo   install what is missing, then run the demo (as root)"
+	@echo "make test   install what is missing, then run ruff, mypy and pytest (as root)"
+
+$(SYSTEM_STAMP):
+	@if [ "$$(id -u)" != 0 ]; then echo "make: run as root (it installs Debian packages and uses namespaces)" >&2; exit 1; fi
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+$(VENV_STAMP): pyproject.toml $(SYSTEM_STAMP)
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+deps: $(VENV_STAMP)
+
+demo: deps
+	$(BIN)/qemu-depriv demo
+
+lint: deps
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+# pytest exits 5 when it collects no test: make treats that as a failure, as it should.
+test: lint
+	$(BIN)/pytest
+
+unit: deps
+	$(BIN)/pytest tests/unit
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,112 @@
+"""Entry point: global options, subcommand dispatch, errors to exit codes.
+
+Global options (``--config``, ``--state-dir``, ``--prefix``, ``-v``, ``--debug``, ``--json``)
+are accepted before or after the subcommand: each subparser repeats them with suppressed
+defaults, so a value given before the subcommand is not overwritten by the subparser's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from qemu_depriv import __version__
+from qemu_depriv.cli import demo, resolve
+from qemu_depriv.cli.context import Context
+from qemu_depriv.cli.output import report_error
+from qemu_depriv.errors import InvalidInput, QemuDeprivError
+from qemu_depriv.settings import load_settings
+
+log = logging.getLogger("qemu_depriv")
+
+SUBCOMMANDS = (resolve, demo)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors become InvalidInput (one line, exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise InvalidInput(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("global options")
+    group.add_argument("--config", type=Path, default=default(None), help="TOML settings file")
+    group.add_argument("--state-dir", type=Path, default=default(None), help="state directory")
+    group.add_argument("--prefix", default=default(None), help="account-name prefix")
+    group.add_argument(
+        "-v", "--verbose", action="count", default=default(0), help="say more (repeatable)"
+    )
+    group.add_argument(
+        "--debug", action="store_true", default=default(False), help="log everything, tracebacks"
+    )
+    group.add_argument(
+        "--json", action="store_true", default=default(False), help="machine-readable output"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the full parser."""
+    parser = _Parser(
+        prog="qemu-depriv",
+        description="Run every QEMU device model as its own unprivileged user.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _global_options(parser, suppress=False)
+    parent = _Parser(add_help=False)
+    _global_options(parent, suppress=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for module in SUBCOMMANDS:
+        module.add_parser(commands, parent)
+    return parser
+
+
+def _configure_logging(verbose: int, debug: bool) -> None:
+    level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("qemu-depriv: %(levelname)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit code."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in arguments
+    debug = "--debug" in arguments
+    try:
+        args = build_parser().parse_args(arguments)
+        as_json, debug = args.json, args.debug
+        _configure_logging(args.verbose, args.debug)
+        settings = load_settings(args.config).with_overrides(
+            prefix=args.prefix, state_dir=args.state_dir
+        )
+        code: int = args.run(args, Context(settings=settings, as_json=as_json))
+    except QemuDeprivError as exc:
+        if debug:
+            log.debug("traceback", exc_info=exc)
+        report_error(exc, as_json=as_json)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("qemu-depriv: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        report_error(
+            QemuDeprivError(f"internal error: {exc!r} (run with --debug for the traceback)"),
+            as_json=as_json,
+        )
+        return 4
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Printing for every subcommand: JSON on request, a short human form otherwise, errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from qemu_depriv.errors import QemuDeprivError
+from qemu_depriv.policy import Decision
+
+
+def emit_json(data: Any) -> None:
+    """Print ``data`` as one JSON document on stdout."""
+    json.dump(data, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def report_error(exc: QemuDeprivError, *, as_json: bool) -> None:
+    """Print the one-line error on stderr and, with ``--json``, the error object on stdout."""
+    message = " ".join(exc.message.split())
+    print(f"qemu-depriv: error: {message}", file=sys.stderr)
+    if as_json:
+        error: dict[str, Any] = {"kind": exc.kind, "message": message}
+        if exc.tried:
+            error["tried"] = [attempt.as_dict() for attempt in exc.tried]
+        emit_json({"error": error})
+
+
+def describe_decision(decision: Decision) -> list[str]:
+    """Return the human-readable lines for one decision."""
+    if decision.runas is None:
+        head = f"tier {decision.tier}: runs as root (no -runas)"
+    else:
+        who = decision.user or "no account (numeric)"
+        head = (
+            f"tier {decision.tier}: -runas {decision.runas} "
+            f"(uid {decision.uid}, gid {decision.gid}, {who})"
+        )
+    lines = [head, f"  kill by uid: {'yes' if decision.kill_by_uid else 'no'}"]
+    lines += [f"  warning: {warning}" for warning in decision.warnings]
+    tried = ", ".join(f"{a.name} {a.outcome}" for a in decision.tried)
+    lines.append(f"  tried: {tried or 'nothing'}")
+    return lines
