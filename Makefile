@@ -41,9 +41,11 @@ deps: $(VENV_STAMP)
 demo: deps
 	$(BIN)/qemu-depriv demo
 
+LINT_PATHS := src tests $(wildcard bench)
+
 lint: deps
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
 # pytest exits 5 when it collects no test: make treats that as a failure, as it should.
