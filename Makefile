@@ -14,7 +14,7 @@ APT_PACKAGES := qemu-system-x86 libnss-wrapper util-linux passwd gcc libc6-dev p
 SYSTEM_STAMP := $(VENV)/.system-packages
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: help demo test lint unit system deps clean
+.PHONY: help demo test lint unit golden deps clean
 
 help:
 	@echo "make demo   install what is missing, then run the demo (as root)"
@@ -54,6 +54,10 @@ test: lint
 
 unit: deps
 	$(BIN)/pytest tests/unit
+
+# Rewrite the golden argv files after an intended change to qemu/argv.py; review the diff.
+golden: deps
+	QEMU_DEPRIV_REGEN_GOLDEN=1 $(BIN)/pytest -q tests/unit/test_argv.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

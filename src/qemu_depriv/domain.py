@@ -7,6 +7,7 @@ names the bad value and says what would be accepted.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from qemu_depriv.errors import InvalidInput
 
@@ -93,3 +94,52 @@ def validate_prefix(prefix: str) -> str:
             "starting with a letter or _ (the default is xen-qemuuser)"
         )
     return prefix
+
+
+DOMAIN_TYPES = ("hvm", "pv", "pvh")
+MEMORY_MIN_MIB = 1
+MEMORY_MAX_MIB = 16 * 1024 * 1024
+VCPUS_MAX = 512
+ACCELERATORS = ("tcg", "kvm")
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """One domain, as its config file describes it (validated on construction).
+
+    ``memory`` is in MiB.  ``device_model_user`` is the explicit tier; ``dm_restrict`` is the
+    restrict setting when the file gives one.  ``accel`` asks a standalone VM for KVM.
+    """
+
+    name: str
+    type: str = "hvm"
+    memory: int = 128
+    vcpus: int = 1
+    device_model_user: str | None = None
+    dm_restrict: bool | None = None
+    accel: str | None = None
+    source: str = "<config>"
+
+    def __post_init__(self) -> None:
+        where = f"{self.source}: "
+        try:
+            validate_domain_name(self.name)
+            if self.device_model_user is not None:
+                validate_user_name(self.device_model_user, what="device_model_user")
+        except InvalidInput as exc:
+            raise InvalidInput(where + exc.message) from exc
+        if self.type not in DOMAIN_TYPES:
+            raise InvalidInput(
+                f"{where}type {self.type!r} is unknown: use one of {', '.join(DOMAIN_TYPES)}"
+            )
+        if not MEMORY_MIN_MIB <= self.memory <= MEMORY_MAX_MIB:
+            raise InvalidInput(
+                f"{where}memory {self.memory} MiB is out of range: use "
+                f"{MEMORY_MIN_MIB} to {MEMORY_MAX_MIB} (16 TiB)"
+            )
+        if not 1 <= self.vcpus <= VCPUS_MAX:
+            raise InvalidInput(f"{where}vcpus {self.vcpus} is out of range: use 1 to {VCPUS_MAX}")
+        if self.accel is not None and self.accel not in ACCELERATORS:
+            raise InvalidInput(
+                f"{where}accel {self.accel!r} is unknown: use one of {', '.join(ACCELERATORS)}"
+            )

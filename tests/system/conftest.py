@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from qemu_depriv.scratch import FILES_ONLY, write_scratch_accounts
+from tests.system.vmhost import VmHost
 
 HERE = Path(__file__).parent
 NSEXEC = HERE / "nsexec.py"
@@ -80,3 +81,14 @@ def failing_nss_modules(tmp_path_factory: pytest.TempPathFactory) -> Path:
             check=True,
         )  # fmt: skip
     return out
+
+
+@pytest.fixture
+def vmhost(tmp_path: Path) -> Iterator[VmHost]:
+    """A host for real QEMU launches; fails the test if a process of a VM's uid survives."""
+    host = VmHost(tmp_path)
+    try:
+        yield host
+    finally:
+        left = host.teardown()
+    assert not left, f"processes of a VM's uid survived the test: {left}"

@@ -236,17 +236,30 @@ def test_a_preloaded_nss_shim_is_honoured(tmp_path: Path) -> None:
     assert f"-runas {P}-wrapped (uid 7777" in done.stdout
 
 
-def test_the_demo_runs_every_scenario_against_real_nss() -> None:
+def test_the_demo_resolves_every_tier_and_runs_three_vms_as_three_uids() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "qemu_depriv", "demo", "--json"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    scenarios = json.loads(done.stdout)["scenarios"]
+    out = json.loads(done.stdout)
+    scenarios = out["scenarios"]
     assert {s["got"] for s in scenarios} >= {
         "explicit", "name", "domid", "range", "shared", "root", "exit 3",
     }  # fmt: skip
     assert all(s["got"] == s["expect"] for s in scenarios)
+    shown = [e for e in out["vms"] if e["event"] == "VmShown"]
+    assert len(shown) == 3
+    assert len({e["uids"][0] for e in shown}) == 3
+    assert all(len(set(e["uids"])) == 1 and e["cap_eff"] == 0 for e in shown)
+    assert [e["exit_code"] for e in out["vms"] if e["event"] == "Refused"] == [3]
+    stopped = [e for e in out["vms"] if e["event"] == "Stopped"]
+    assert [e["name"] for e in stopped] == ["web", "build", "db"]
+    assert all(e["left"] == [] for e in stopped)
+    # Every QEMU the demo started is gone (zombies awaiting PID 1 aside).
+    for event in shown:
+        status = Path(f"/proc/{event['pid']}/status")
+        assert not status.exists() or "zombie" in status.read_text()

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
+from typing import TypeAlias
 
+from qemu_depriv.launcher import Launcher, kvm_works
+from qemu_depriv.nss import LibcLookup
+from qemu_depriv.qemu.caps import CapsProbe
 from qemu_depriv.settings import Settings
+from qemu_depriv.state import StateStore
+
+#: The object ``add_subparsers`` returns, which each subcommand module registers with.
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 @dataclass(frozen=True)
@@ -13,3 +22,14 @@ class Context:
 
     settings: Settings
     as_json: bool
+
+    def launcher(self) -> Launcher:
+        """A launcher wired to the real system: libc NSS, the state store, the probe."""
+        state_dir = self.settings.state_dir
+        return Launcher(
+            settings=self.settings,
+            lookup=LibcLookup(),
+            store=StateStore(state_dir),
+            probe=CapsProbe(cache_file=state_dir / "caps.json"),
+            kvm_works=kvm_works,
+        )

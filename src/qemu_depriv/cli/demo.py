@@ -3,56 +3,104 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
-from qemu_depriv.cli.context import Context
+from qemu_depriv.cli.context import Commands, Context
 from qemu_depriv.cli.output import describe_decision, emit_json
-from qemu_depriv.demo import run_demo
+from qemu_depriv.demo import (
+    Escapee,
+    Event,
+    Refused,
+    Result,
+    Stopped,
+    VmShown,
+    demo_host,
+    demo_launcher,
+    resolution_scenarios,
+    vm_walkthrough,
+)
+from qemu_depriv.nss import LibcLookup
 
 
-def add_parser(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    parent: argparse.ArgumentParser,
-) -> None:
+def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
     """Register the subcommand."""
     parser = commands.add_parser(
         "demo",
         parents=[parent],
-        help="show every tier and some refusals against temporary accounts (root)",
+        help="resolve domains across every tier, then launch, inspect and stop real VMs (root)",
     )
     parser.set_defaults(run=run)
 
 
+def _scenario_json(result: Result) -> dict[str, Any]:
+    request = result.scenario.request
+    return {
+        "title": result.scenario.title,
+        "domid": request.domid,
+        "name": request.name,
+        "expect": result.scenario.expect,
+        "got": result.got,
+        "decision": result.decision.as_dict() if result.decision else None,
+        "error": result.error.message if result.error else None,
+    }
+
+
+def _print_scenario(result: Result) -> None:
+    request = result.scenario.request
+    label = f"domid {request.domid}" + (f" ({request.name})" if request.name else "")
+    print(f"== {result.scenario.title}: {label}, prefix {request.prefix}")
+    if result.decision is not None:
+        print("\n".join(describe_decision(result.decision)))
+    elif result.error is not None:
+        print(f"refused (exit {result.error.exit_code}): {result.error.message}")
+    print()
+
+
+def _print_event(event: Event) -> None:
+    if isinstance(event, VmShown):
+        print(
+            f"{event.name}: domid {event.domid}, tier {event.tier}, QEMU pid {event.pid}\n"
+            f"  /proc/{event.pid}/status  Uid: {' '.join(map(str, event.uids))}  "
+            f"Gid: {' '.join(map(str, event.gids))}  CapEff: {event.cap_eff:016x}\n"
+            f"  /proc/{event.pid}/root    {event.root}"
+        )
+    elif isinstance(event, Refused):
+        print(
+            f"{event.name}: refused (exit {event.exit_code}): {event.message}\n"
+            f"  VMs in the store afterwards: {event.vms_after} (nothing was started)"
+        )
+    elif isinstance(event, Escapee):
+        print(
+            f"{event.name}: a process left behind as uid {event.uid}, in its own session "
+            f"(as a compromised QEMU would): live processes of the uid: {list(event.pids)}"
+        )
+    elif isinstance(event, Stopped):
+        print(f"{event.name}: stopped; live processes of uid {event.uid}: {list(event.left)}")
+
+
 def run(_args: argparse.Namespace, context: Context) -> int:
-    """Run the scenarios, printing each as it completes."""
-    results: list[dict[str, Any]] = []
-    if not context.as_json:
-        print("Resolving domains against temporary accounts in a private mount namespace.")
-        print("The host's /etc/passwd and /etc/group are not touched.\n")
-    for result in run_demo():
-        request = result.scenario.request
-        if context.as_json:
-            results.append(
-                {
-                    "title": result.scenario.title,
-                    "domid": request.domid,
-                    "name": request.name,
-                    "expect": result.scenario.expect,
-                    "got": result.got,
-                    "decision": result.decision.as_dict() if result.decision else None,
-                    "error": result.error.message if result.error else None,
-                }
-            )
-            continue
-        label = f"domid {request.domid}" + (f" ({request.name})" if request.name else "")
-        print(f"== {result.scenario.title}: {label}, prefix {request.prefix}")
-        if result.decision is not None:
-            print("\n".join(describe_decision(result.decision)))
-        elif result.error is not None:
-            print(f"refused (exit {result.error.exit_code}): {result.error.message}")
-        print()
+    """Run the resolution scenarios, then the VM walkthrough, printing each step."""
+    scenarios: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    with demo_host() as state_dir:
+        if not context.as_json:
+            print("Part 1: resolving domains against temporary accounts (real NSS, private")
+            print("mount namespace; the host's /etc/passwd and /etc/group are not touched).\n")
+        for result in resolution_scenarios(LibcLookup()):
+            if context.as_json:
+                scenarios.append(_scenario_json(result))
+            else:
+                _print_scenario(result)
+        if not context.as_json:
+            print("Part 2: three real VMs (QEMU, TCG, 64 MiB, no disk), each as its own account.\n")
+        for event in vm_walkthrough(demo_launcher(state_dir)):
+            if context.as_json:
+                events.append({"event": type(event).__name__, **dataclasses.asdict(event)})
+            else:
+                _print_event(event)
     if context.as_json:
-        emit_json({"scenarios": results})
+        emit_json({"scenarios": scenarios, "vms": events})
     else:
-        print("Every scenario gave what it must.")
+        print("\nEvery step showed what it must: nothing of any VM is left.")
     return 0

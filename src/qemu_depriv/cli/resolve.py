@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from qemu_depriv.cli.context import Context
+from qemu_depriv.cli.context import Commands, Context
 from qemu_depriv.cli.output import describe_decision, emit_json
 from qemu_depriv.domain import validate_domain_name, validate_domid, validate_user_name
 from qemu_depriv.nss import LibcLookup
 from qemu_depriv.policy import Request, resolve
 
 
-def add_parser(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], parent: argparse.ArgumentParser
-) -> None:
+def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
     """Register the subcommand."""
     parser = commands.add_parser(
         "resolve", parents=[parent], help="print the account a domain's device model runs as"

@@ -1,0 +1,126 @@
+"""``launch``, ``stop`` and ``list``: the device models' life cycle."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from qemu_depriv.cli.context import Commands, Context
+from qemu_depriv.cli.output import describe_decision, emit_json
+from qemu_depriv.domain import validate_domid
+from qemu_depriv.launcher import MODES, Launcher, LaunchRequest
+from qemu_depriv.state import VmRecord
+from qemu_depriv.xlcfg import load_domain
+
+
+def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
+    """Register ``launch``, ``stop`` and ``list``."""
+    launch = commands.add_parser(
+        "launch", parents=[parent], help="start a device model as its own unprivileged user"
+    )
+    launch.add_argument("domain_file", metavar="CONFIG", type=Path, help="the domain's xl.cfg file")
+    launch.add_argument("--domid", help="the domid (default: the smallest free one)")
+    launch.add_argument("--mode", choices=MODES, default="standalone", help="default: standalone")
+    launch.add_argument("--qemu", help="the QEMU binary (default: from PATH)")
+    launch.add_argument("--accel", choices=("tcg", "kvm"), default="tcg", help="default: tcg")
+    launch.add_argument(
+        "--no-restrict", dest="restrict", action="store_false", default=None,
+        help="allow root as a last resort (overrides dm_restrict in the file)",
+    )  # fmt: skip
+    launch.add_argument(
+        "--start-timeout", type=float, default=30.0, help="seconds for QEMU to answer QMP"
+    )
+    launch.add_argument("--dry-run", action="store_true", help="print the plan, start nothing")
+    launch.set_defaults(run=run_launch)
+
+    stop = commands.add_parser("stop", parents=[parent], help="tear a device model down")
+    stop.add_argument("vm", help="the VM's name or domid")
+    stop.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for quit")
+    stop.set_defaults(run=run_stop)
+
+    listing = commands.add_parser("list", parents=[parent], help="the VMs in the state store")
+    listing.set_defaults(run=run_list)
+
+
+def vm_json(record: VmRecord, launcher: Launcher) -> dict[str, Any]:
+    """The JSON form of one VM, as ``launch --json`` and ``list --json`` print it."""
+    return {
+        "name": record.name,
+        "domid": record.domid,
+        "mode": record.mode,
+        "pid": record.pid,
+        "uid": record.uid,
+        "gid": record.gid,
+        "tier": record.tier,
+        "runas": record.runas,
+        "qmp": str(launcher.paths(record.domid).qmp),
+        "state": launcher.status(record),
+        "decision": record.decision,
+        "verification": record.verification,
+    }
+
+
+def run_launch(args: argparse.Namespace, context: Context) -> int:
+    """Launch (or plan) one device model."""
+    request = LaunchRequest(
+        config=load_domain(args.domain_file),
+        domid=validate_domid(args.domid) if args.domid is not None else None,
+        mode=args.mode,
+        qemu=args.qemu,
+        accel=args.accel,
+        restrict=args.restrict,
+        start_timeout=args.start_timeout,
+    )
+    launcher = context.launcher()
+    if args.dry_run:
+        plan = launcher.plan(request, request.domid or launcher.free_domid())
+        if context.as_json:
+            emit_json(
+                {"mode": plan.mode, "domid": plan.domid,
+                 "decision": plan.decision.as_dict(), "argv": plan.argv}
+            )  # fmt: skip
+        else:
+            print(f"domid {plan.domid}, mode {plan.mode}")
+            print("\n".join(describe_decision(plan.decision)))
+            print(" ".join(plan.argv))
+        return 0
+    record = launcher.launch(request)
+    if context.as_json:
+        emit_json(vm_json(record, launcher))
+    else:
+        print(
+            f"{record.name}: domid {record.domid}, QEMU pid {record.pid}, running as uid "
+            f"{record.uid} gid {record.gid} (tier {record.tier}), verified from /proc"
+        )
+    return 0
+
+
+def run_stop(args: argparse.Namespace, context: Context) -> int:
+    """Stop one VM; exit 0 only when nothing of it is left."""
+    launcher = context.launcher()
+    record = launcher.stop(args.vm, timeout=args.timeout)
+    if context.as_json:
+        emit_json(
+            {"name": record.name, "domid": record.domid, "uid": record.uid, "state": "stopped"}
+        )
+    else:
+        print(f"{record.name}: stopped; no process of uid {record.uid} is left")
+    return 0
+
+
+def run_list(_args: argparse.Namespace, context: Context) -> int:
+    """List the VMs with their liveness."""
+    launcher = context.launcher()
+    records = launcher.store.all() if launcher.store.exists() else []
+    if context.as_json:
+        emit_json({"vms": [vm_json(record, launcher) for record in records]})
+        return 0
+    print(f"{'DOMID':>5}  {'NAME':<20} {'STATE':<9} {'PID':>7} {'UID':>10}  TIER")
+    for record in records:
+        print(
+            f"{record.domid:>5}  {record.name:<20} {launcher.status(record):<9} "
+            f"{record.pid or '-':>7} {record.uid if record.uid is not None else '-':>10}  "
+            f"{record.tier or '-'}"
+        )
+    return 0

@@ -1,0 +1,82 @@
+"""The one place that runs other programs: argv lists, no shell, an explicit environment.
+
+Every command line is logged at debug level before it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+
+from qemu_depriv.errors import EnvironmentFailure
+
+log = logging.getLogger(__name__)
+
+#: The whole environment a child gets unless a caller names one: nothing inherited.
+BASE_ENV: Mapping[str, str] = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+
+
+def run_command(
+    argv: Sequence[str], *, env: Mapping[str, str] = BASE_ENV, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to completion and return what it printed; a non-zero exit is returned too.
+
+    Raises:
+        EnvironmentFailure: the program is missing, not executable, or ran past ``timeout``.
+    """
+    log.debug("running %s", shlex.join(argv))
+    try:
+        return subprocess.run(
+            list(argv),
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except FileNotFoundError as exc:
+        raise EnvironmentFailure(f"{argv[0]}: no such program: install it or fix the path") from exc
+    except PermissionError as exc:
+        raise EnvironmentFailure(f"{argv[0]}: not executable: {exc.strerror}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise EnvironmentFailure(f"{shlex.join(argv)}: no answer within {timeout} s") from exc
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    stderr_fd: int,
+    before_exec: Callable[[], None],
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a new session with only stdin, stdout and stderr open.
+
+    stdin and stdout are /dev/null, stderr is ``stderr_fd``; every other inherited descriptor
+    is closed.  ``before_exec`` runs in the child between fork and exec.
+
+    Raises:
+        EnvironmentFailure: the program is missing or not executable, or ``before_exec``
+            failed in the child.
+    """
+    log.debug("starting %s", shlex.join(argv))
+    try:
+        return subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr_fd,
+            close_fds=True,
+            start_new_session=True,
+            preexec_fn=before_exec,  # noqa: PLW1509 - the CLI is single-threaded when it spawns
+        )
+    except FileNotFoundError as exc:
+        raise EnvironmentFailure(f"{argv[0]}: no such program: install it or fix the path") from exc
+    except PermissionError as exc:
+        raise EnvironmentFailure(f"{argv[0]}: not executable: {exc.strerror}") from exc
+    except subprocess.SubprocessError as exc:
+        raise EnvironmentFailure(f"{argv[0]}: the pre-exec restrictions failed: {exc}") from exc

@@ -1,0 +1,100 @@
+"""Kill every process of a VM's uid, race-free (Xen's reaper, in Python).
+
+A forked child calls ``setresuid(reaper_uid, vm_uid, 0)`` and ``kill(-1, SIGKILL)`` until
+nothing of the uid is left.  ``kill(-1)`` reaches every process whose real or saved uid is the
+caller's real or effective uid; with no capability left (the effective uid is not 0) that is
+exactly the processes of ``vm_uid`` (and of ``reaper_uid``, which owns none).  Because the real
+uid is the reaper's and the saved uid is 0, no process of the VM can signal the child back, and
+a process forked between two calls is caught by the next one.  Scanning /proc and killing pid by
+pid would race with processes that fork or exit meanwhile.
+
+Zombies answer ``kill`` but run nothing; PID 1 reaps them on its own schedule, so the loop
+ends when no *live* process of the uid is left.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+
+from qemu_depriv.errors import EnvironmentFailure
+from qemu_depriv.inspect import start_time
+from qemu_depriv.procs import live_pids_of_uid
+
+log = logging.getLogger(__name__)
+
+#: Rounds of kill(-1) before giving up; each round kills everything alive at that moment.
+MAX_ROUNDS = 1000
+_FAILED_SETUID = 2
+_NOT_EMPTY = 3
+
+
+def _reap_in_child(vm_uid: int, reaper_uid: int) -> int:
+    os.setresuid(reaper_uid, vm_uid, 0)
+    me = os.getpid()  # its effective uid is vm_uid: the reaper is no process to wait for
+    for _ in range(MAX_ROUNDS):
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            return 0
+        if not [pid for pid in live_pids_of_uid(vm_uid) if pid != me]:
+            return 0
+    return _NOT_EMPTY
+
+
+def kill_uid(vm_uid: int, reaper_uid: int) -> None:
+    """Kill every process of ``vm_uid``.
+
+    Raises:
+        EnvironmentFailure: either uid is 0, the two are equal, the child could not switch
+            uids, or processes survived every round.
+    """
+    if 0 in (vm_uid, reaper_uid) or vm_uid == reaper_uid:
+        raise EnvironmentFailure(
+            f"refusing to kill by uid with vm uid {vm_uid} and reaper uid {reaper_uid}"
+        )
+    pid = os.fork()
+    if pid == 0:  # the child: no Python cleanup, no return into the caller's code
+        code = _FAILED_SETUID
+        try:
+            code = _reap_in_child(vm_uid, reaper_uid)
+        except BaseException:  # noqa: BLE001 - anything in the child ends it with a code
+            code = _FAILED_SETUID
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code == _FAILED_SETUID:
+        raise EnvironmentFailure(f"the reaper for uid {vm_uid} could not switch to it")
+    if code != 0:
+        raise EnvironmentFailure(
+            f"processes of uid {vm_uid} survived {MAX_ROUNDS} rounds of SIGKILL "
+            f"(reaper exit {code}): see 'ps -u {vm_uid}'"
+        )
+    log.debug("killed every process of uid %d (reaper uid %d)", vm_uid, reaper_uid)
+
+
+def signal_pid(pid: int, started: int, signum: int) -> bool:
+    """Send ``signum`` to ``pid`` if it is still the process that started at ``started``.
+
+    A pidfd pins the process first, so the start time checked is that of the process signalled
+    (no pid reuse between check and kill).  Returns whether a signal was sent.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        if start_time(pid) != started:
+            return False
+        signal.pidfd_send_signal(pidfd, signum)
+    except OSError as exc:
+        if exc.errno == errno.ESRCH:
+            return False
+        raise
+    else:
+        return True
+    finally:
+        os.close(pidfd)

@@ -1,0 +1,275 @@
+"""The state store: one SQLite database of VMs and their leases.
+
+A row is a lease on a (domid, name, uid).  It is taken in two steps, each in its own
+``BEGIN IMMEDIATE`` transaction so that concurrent launches serialise: :meth:`reserve` claims
+the domid and name (before the uid is known, since resolution needs the domid), then
+:meth:`assign` claims the uid.  A partial unique index backs the rule that two VMs of a
+non-shared tier never hold one uid; :meth:`assign` also keeps shared and non-shared VMs apart.
+
+Each row records the launcher that holds it (pid and start time), so that a lease left by a
+launcher that died can be told from one still being set up.  Lock waits are bounded: a busy
+store is an :class:`~qemu_depriv.errors.EnvironmentFailure` (exit 4), never a hang.
+
+The directory and the database are root's alone (0700 and 0600).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qemu_depriv.domain import DOMID_MAX, DOMID_MIN
+from qemu_depriv.errors import EnvironmentFailure, PolicyRefusal
+from qemu_depriv.inspect import start_time
+from qemu_depriv.policy import Decision, Tier
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS vms (
+    domid INTEGER PRIMARY KEY CHECK (domid BETWEEN 1 AND 32751),
+    name TEXT NOT NULL UNIQUE,
+    mode TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('starting', 'running')),
+    owner_pid INTEGER NOT NULL,
+    owner_start INTEGER NOT NULL,
+    uid INTEGER,
+    gid INTEGER,
+    tier TEXT,
+    runas TEXT,
+    kill_by_uid INTEGER NOT NULL DEFAULT 0,
+    decision TEXT,
+    pid INTEGER,
+    start_time INTEGER,
+    verification TEXT,
+    created REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_vm_per_uid ON vms (uid)
+    WHERE uid IS NOT NULL AND tier IS NOT 'shared';
+"""
+
+
+@dataclass(frozen=True)
+class VmRecord:
+    """One row: a VM being started or running."""
+
+    domid: int
+    name: str
+    mode: str
+    state: str
+    owner_pid: int
+    owner_start: int
+    uid: int | None
+    gid: int | None
+    tier: str | None
+    runas: str | None
+    kill_by_uid: bool
+    decision: dict[str, Any] | None
+    pid: int | None
+    start_time: int | None
+    verification: dict[str, Any] | None
+    created: float
+
+
+def _record(row: sqlite3.Row) -> VmRecord:
+    values = dict(row)
+    values["kill_by_uid"] = bool(values["kill_by_uid"])
+    for key in ("decision", "verification"):
+        values[key] = json.loads(values[key]) if values[key] else None
+    return VmRecord(**values)
+
+
+class StateStore:
+    """The database under ``state_dir``.
+
+    Raises (every method):
+        EnvironmentFailure: the directory or database cannot be used, or the lock wait ran
+            past ``busy_timeout`` seconds.
+    """
+
+    def __init__(self, state_dir: Path, *, busy_timeout: float = 10.0) -> None:
+        self.state_dir = state_dir
+        self._busy_timeout = busy_timeout
+        self._connection: sqlite3.Connection | None = None
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self.state_dir / "state.db"
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is not None:
+            return self._connection
+        try:
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.state_dir.chmod(0o700)
+            fresh = not self.path.exists()
+            connection = sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None
+            )
+            if fresh:
+                self.path.chmod(0o600)
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = FULL")
+            connection.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise EnvironmentFailure(
+                f"state store {self.path}: {exc}: check --state-dir (it must be root's)"
+            ) from exc
+        self._connection = connection
+        return connection
+
+    def close(self) -> None:
+        """Close the connection; the store reopens on next use."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        connection = self._connect()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise EnvironmentFailure(
+                f"state store {self.path} is busy ({exc}) after {self._busy_timeout} s: "
+                "another qemu-depriv holds it; try again"
+            ) from exc
+        try:
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        try:
+            connection.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise EnvironmentFailure(f"state store {self.path}: commit failed: {exc}") from exc
+
+    def reserve(self, name: str, domid: int | None, *, mode: str, owner: tuple[int, int]) -> int:
+        """Claim a domid (the smallest free one when ``domid`` is None) and the name.
+
+        Raises:
+            PolicyRefusal: the name or the domid is taken, or no domid is free.
+        """
+        with self._transaction() as db:
+            taken = {row["domid"]: row["name"] for row in db.execute("SELECT domid, name FROM vms")}
+            holder = next((d for d, n in taken.items() if n == name), None)
+            if holder is not None:
+                raise PolicyRefusal(
+                    f"domain {name!r} already has a device model (domid {holder}): "
+                    f"stop it first with 'qemu-depriv stop {name}'"
+                )
+            if domid is None:
+                domid = next((d for d in range(DOMID_MIN, DOMID_MAX + 1) if d not in taken), None)
+                if domid is None:
+                    raise PolicyRefusal("every domid from 1 to 32751 is in use")
+            elif domid in taken:
+                raise PolicyRefusal(
+                    f"domid {domid} is in use by domain {taken[domid]!r}: pick another "
+                    "--domid or leave it out to get the smallest free one"
+                )
+            db.execute(
+                "INSERT INTO vms (domid, name, mode, state, owner_pid, owner_start, created) "
+                "VALUES (?, ?, ?, 'starting', ?, ?, ?)",
+                (domid, name, mode, owner[0], owner[1], time.time()),
+            )
+            return domid
+
+    def assign(self, domid: int, decision: Decision, *, uid_busy: bool) -> None:
+        """Record the decision on the lease, claiming its uid.
+
+        ``uid_busy`` says whether processes of the uid are alive right now (the caller looks).
+
+        Raises:
+            PolicyRefusal: another VM holds the uid (a shared VM and a non-shared one never
+                share it either), or processes of the uid are alive (tiers other than shared).
+        """
+        shared = decision.tier == Tier.SHARED
+        with self._transaction() as db:
+            holders = db.execute(
+                "SELECT domid, name, tier FROM vms WHERE uid = ? AND domid != ?",
+                (decision.uid, domid),
+            ).fetchall()
+            clash = [h for h in holders if not (shared and h["tier"] == Tier.SHARED.value)]
+            if clash and decision.tier != Tier.ROOT:
+                other = clash[0]
+                raise PolicyRefusal(
+                    f"uid {decision.uid} is already held by domain {other['name']!r} (domid "
+                    f"{other['domid']}, tier {other['tier']}): two device models never share "
+                    "a uid; give this domain its own account"
+                )
+            if uid_busy and not shared and decision.tier != Tier.ROOT:
+                raise PolicyRefusal(
+                    f"processes of uid {decision.uid} are still running although no VM holds "
+                    "it: a previous device model left them; find them with "
+                    f"'ps -u {decision.uid}' and end them, or run 'qemu-depriv stop' on its VM"
+                )
+            db.execute(
+                "UPDATE vms SET uid = ?, gid = ?, tier = ?, runas = ?, kill_by_uid = ?, "
+                "decision = ? WHERE domid = ?",
+                (
+                    decision.uid,
+                    decision.gid,
+                    decision.tier.value,
+                    decision.runas,
+                    int(decision.kill_by_uid),
+                    json.dumps(decision.as_dict()),
+                    domid,
+                ),
+            )
+
+    def set_process(self, domid: int, pid: int, start_time: int) -> None:
+        """Record the QEMU process of a VM being started."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE vms SET pid = ?, start_time = ? WHERE domid = ?", (pid, start_time, domid)
+            )
+
+    def set_running(self, domid: int, verification: dict[str, Any]) -> None:
+        """Mark a VM verified and running."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE vms SET state = 'running', verification = ? WHERE domid = ?",
+                (json.dumps(verification), domid),
+            )
+
+    def release(self, domid: int) -> None:
+        """Drop the lease."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM vms WHERE domid = ?", (domid,))
+
+    def get(self, domid: int) -> VmRecord | None:
+        """Return the VM with ``domid``, or None."""
+        row = self._connect().execute("SELECT * FROM vms WHERE domid = ?", (domid,)).fetchone()
+        return _record(row) if row else None
+
+    def find(self, key: str) -> VmRecord | None:
+        """Return the VM named ``key``, or whose domid ``key`` is, or None."""
+        db = self._connect()
+        row = db.execute("SELECT * FROM vms WHERE name = ?", (key,)).fetchone()
+        if row is None and key.isdigit():
+            row = db.execute("SELECT * FROM vms WHERE domid = ?", (int(key),)).fetchone()
+        return _record(row) if row else None
+
+    def all(self) -> list[VmRecord]:
+        """Every VM, by domid."""
+        rows = self._connect().execute("SELECT * FROM vms ORDER BY domid").fetchall()
+        return [_record(row) for row in rows]
+
+    def exists(self) -> bool:
+        """Whether the database has been created (a read-only caller need not create it)."""
+        return self.path.exists()
+
+
+def current_owner() -> tuple[int, int]:
+    """This process's (pid, start time), recorded on the leases it takes."""
+    pid = os.getpid()
+    started = start_time(pid)
+    assert started is not None  # noqa: S101 - our own process exists
+    return pid, started

@@ -1,0 +1,312 @@
+r"""A parser for xl.cfg(5) domain configuration files, as Xen's libxlu reads them (pure).
+
+Syntax: ``KEY = VALUE`` settings ended by a newline or ``;``; ``#`` comments; values are
+strings in double quotes (with libxlu's escapes: ``\\ \" \' \n \r \t \xHH \OOO``) or single
+quotes (no escapes), numbers (decimal or ``0x`` hex), or lists ``[ a, b, ]`` of strings and
+numbers that may span lines and end with a comma.  ``KEY += VALUE`` appends, as xl allows.
+A key given twice keeps the last value, as in xl; unknown keys are kept (xl ignores them).
+
+Errors are :class:`~qemu_depriv.errors.InvalidInput` naming ``FILE:LINE:COL``.  This is written
+by hand because no maintained Python library reads libxlu's grammar.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from qemu_depriv.domain import DomainConfig
+from qemu_depriv.errors import InvalidInput
+
+#: A config larger than this is refused unread: real ones are a few kilobytes.
+MAX_CONFIG_BYTES = 1 << 20
+
+Value = str | int | list[str | int]
+
+_TOKEN = re.compile(
+    r"""
+    (?P<space>[ \t\r]+)
+  | (?P<comment>\#[^\n]*)
+  | (?P<newline>\n)
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
+  | (?P<number>0[xX][0-9A-Fa-f]+|[0-9]+)(?![A-Za-z0-9_.])
+  | (?P<badnumber>[0-9][A-Za-z0-9_.]*)
+  | (?P<dstring>"(?:[^"\\\n]|\\.)*")
+  | (?P<sstring>'[^'\n]*')
+  | (?P<op>\+=|[=\[\],;])
+    """,
+    re.VERBOSE,
+)
+_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{2}|[0-7]{1,3}|.)", re.S)
+_SIMPLE_ESCAPES = {'"': '"', "'": "'", "\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str
+    text: str
+    line: int
+    col: int
+
+
+class _Lexer:
+    def __init__(self, text: str, source: str) -> None:
+        self.text, self.source = text, source
+
+    def error(self, line: int, col: int, message: str) -> InvalidInput:
+        return InvalidInput(f"{self.source}:{line}:{col}: {message}")
+
+    def tokens(self) -> list[_Token]:
+        out: list[_Token] = []
+        pos, line, line_start = 0, 1, 0
+        while pos < len(self.text):
+            match = _TOKEN.match(self.text, pos)
+            col = pos - line_start + 1
+            if match is None:
+                char = self.text[pos]
+                if char in "\"'":
+                    raise self.error(line, col, "unterminated string: close it on the same line")
+                raise self.error(line, col, f"unexpected character {char!r}")
+            kind = match.lastgroup or ""
+            if kind == "badnumber":
+                raise self.error(
+                    line, col, f"bad number {match.group()!r}: use decimal digits or 0x and hex"
+                )
+            if kind == "newline":
+                out.append(_Token("newline", "\n", line, col))
+                line, line_start = line + 1, match.end()
+            elif kind not in ("space", "comment"):
+                out.append(_Token(kind, match.group(), line, col))
+            pos = match.end()
+        out.append(_Token("eof", "", line, pos - line_start + 1))
+        return out
+
+
+def _dequote(token: _Token, lexer: _Lexer) -> str:
+    body = token.text[1:-1]
+    if token.kind == "sstring":
+        return body
+
+    def replace(match: re.Match[str]) -> str:
+        escape = match.group(1)
+        if escape in _SIMPLE_ESCAPES:
+            return _SIMPLE_ESCAPES[escape]
+        if escape[0] == "x" and len(escape) == 3:
+            return chr(int(escape[1:], 16))
+        if escape[0] in "01234567":
+            return chr(int(escape, 8))
+        raise lexer.error(
+            token.line,
+            token.col,
+            f"invalid escape \\{escape[0]} in string: write \\\\ for a backslash",
+        )
+
+    return _ESCAPE.sub(replace, body)
+
+
+class _Parser:
+    def __init__(self, text: str, source: str) -> None:
+        self.lexer = _Lexer(text, source)
+        self.tokens = self.lexer.tokens()
+        self.pos = 0
+
+    def peek(self) -> _Token:
+        return self.tokens[self.pos]
+
+    def take(self) -> _Token:
+        token = self.tokens[self.pos]
+        self.pos += 1
+        return token
+
+    def error(self, token: _Token, message: str) -> InvalidInput:
+        return self.lexer.error(token.line, token.col, message)
+
+    def skip_newlines(self) -> None:
+        while self.peek().kind == "newline":
+            self.take()
+
+    def parse(self) -> dict[str, Value]:
+        settings: dict[str, Value] = {}
+        while (token := self.take()).kind != "eof":
+            if token.kind == "newline" or token.text == ";":
+                continue
+            if token.kind != "ident":
+                raise self.error(token, f"expected a setting name, found {_show(token)}")
+            operator = self.take()
+            if operator.text not in ("=", "+="):
+                raise self.error(
+                    operator, f"expected '=' after {token.text!r}, found {_show(operator)}"
+                )
+            value = self.value()
+            end = self.take()
+            if end.kind not in ("newline", "eof") and end.text != ";":
+                raise self.error(
+                    end,
+                    f"expected the end of the line after the value of {token.text!r}, "
+                    f"found {_show(end)}",
+                )
+            if end.kind == "eof":
+                self.pos -= 1
+            if operator.text == "+=":
+                value = _append(settings.get(token.text), value, self, operator)
+            settings[token.text] = value
+        return settings
+
+    def atom(self) -> str | int | None:
+        token = self.peek()
+        if token.kind in ("dstring", "sstring"):
+            self.take()
+            return _dequote(token, self.lexer)
+        if token.kind == "number":
+            self.take()
+            return int(token.text, 0)
+        return None
+
+    def value(self) -> Value:
+        token = self.peek()
+        atom = self.atom()
+        if atom is not None:
+            return atom
+        if token.text != "[":
+            raise self.error(
+                token,
+                f"expected a value (a quoted string, a number or a list), found {_show(token)}",
+            )
+        self.take()
+        items: list[str | int] = []
+        self.skip_newlines()
+        while self.peek().text != "]":
+            item_token = self.peek()
+            item = self.atom()
+            if item is None:
+                if item_token.kind == "eof":
+                    raise self.error(token, "unterminated list: close it with ']'")
+                raise self.error(
+                    item_token,
+                    "expected a list item (a quoted string or a number), "
+                    f"found {_show(item_token)}",
+                )
+            items.append(item)
+            self.skip_newlines()
+            separator = self.peek()
+            if separator.text == ",":
+                self.take()
+                self.skip_newlines()
+            elif separator.text != "]":
+                if separator.kind == "eof":
+                    raise self.error(token, "unterminated list: close it with ']'")
+                raise self.error(
+                    separator, f"expected ',' or ']' in the list, found {_show(separator)}"
+                )
+        self.take()
+        return items
+
+
+def _append(old: Value | None, new: Value, parser: _Parser, at: _Token) -> Value:
+    if old is None:
+        return new
+    if isinstance(old, list) and isinstance(new, list):
+        return old + new
+    if isinstance(old, str) and isinstance(new, str):
+        return old + new
+    raise parser.error(at, "'+=' needs two lists or two strings")
+
+
+def _show(token: _Token) -> str:
+    return {"newline": "the end of the line", "eof": "the end of the file"}.get(
+        token.kind, repr(token.text)
+    )
+
+
+def parse_xlcfg(text: str, source: str = "<config>") -> dict[str, Value]:
+    """Parse the text of an xl.cfg file into its settings.
+
+    Raises:
+        InvalidInput: a syntax error, at ``source:line:col``.
+    """
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise InvalidInput(f"{source}:{line}: NUL byte: this is not a text file")
+    return _Parser(text, source).parse()
+
+
+def read_xlcfg(path: Path) -> dict[str, Value]:
+    """Read and parse an xl.cfg file.
+
+    Raises:
+        InvalidInput: missing, unreadable, not a regular file, too large, not UTF-8, or
+            malformed.
+    """
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except IsADirectoryError as exc:
+        raise InvalidInput(f"{path}: is a directory: give the domain's config file") from exc
+    except FileNotFoundError as exc:
+        raise InvalidInput(f"{path}: no such file: check the path") from exc
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot read it: {exc.strerror}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise InvalidInput(
+            f"{path}: larger than {MAX_CONFIG_BYTES} bytes: not a domain config file"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise InvalidInput(
+            f"{path}:{line}:{col}: not UTF-8 text (byte {raw[exc.start]:#04x})"
+        ) from exc
+    return parse_xlcfg(text, str(path))
+
+
+def _string(settings: dict[str, Value], key: str, source: str) -> str | None:
+    value = settings.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InvalidInput(f"{source}: {key} must be a quoted string, not {value!r}")
+    return value
+
+
+def _integer(settings: dict[str, Value], key: str, source: str) -> int | None:
+    value = settings.get(key)
+    if value is not None and not isinstance(value, int):
+        raise InvalidInput(f"{source}: {key} must be a number, not {value!r}")
+    return value
+
+
+def domain_config(settings: dict[str, Value], source: str = "<config>") -> DomainConfig:
+    """Map parsed settings to a validated :class:`DomainConfig`.
+
+    Raises:
+        InvalidInput: a required key is missing or a value is of the wrong kind or range.
+    """
+    name = _string(settings, "name", source)
+    if name is None:
+        raise InvalidInput(f'{source}: no name = "..." setting: every domain needs a name')
+    dom_type = _string(settings, "type", source) or _string(settings, "builder", source)
+    if dom_type == "generic":  # xl's old spelling of pv
+        dom_type = "pv"
+    restrict = _integer(settings, "dm_restrict", source)
+    memory = _integer(settings, "memory", source)
+    vcpus = _integer(settings, "vcpus", source)
+    return DomainConfig(
+        name=name,
+        type=dom_type or "hvm",
+        memory=128 if memory is None else memory,
+        vcpus=1 if vcpus is None else vcpus,
+        device_model_user=_string(settings, "device_model_user", source),
+        dm_restrict=None if restrict is None else bool(restrict),
+        accel=_string(settings, "accel", source),
+        source=source,
+    )
+
+
+def load_domain(path: Path) -> DomainConfig:
+    """Read ``path`` and return its validated domain config.
+
+    Raises:
+        InvalidInput: see :func:`read_xlcfg` and :func:`domain_config`.
+    """
+    return domain_config(read_xlcfg(path), str(path))

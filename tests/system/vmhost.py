@@ -1,0 +1,124 @@
+"""A test host for launching real QEMU: scratch accounts, a short state dir, leak checks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qemu_depriv.procs import live_pids_of_uid
+from qemu_depriv.scratch import write_scratch_accounts
+
+NSEXEC = Path(__file__).parent / "nsexec.py"
+#: Ids for launch tests: a range block of their own, away from the host's and the demo's.
+RANGE_BASE = 262144
+REAPER_UID = 250000
+EXPLICIT_UID = 250100
+PREFIX = "xen-qemuuser"
+
+PASSWD = (
+    f"{PREFIX}-range-base:x:{RANGE_BASE}:{RANGE_BASE}::/nonexistent:/usr/sbin/nologin",
+    f"{PREFIX}-reaper:x:{REAPER_UID}:{REAPER_UID}::/nonexistent:/usr/sbin/nologin",
+    f"qemu-alice:x:{EXPLICIT_UID}:{EXPLICIT_UID}::/nonexistent:/usr/sbin/nologin",
+)
+GROUP = (
+    f"{PREFIX}-range-base:x:{RANGE_BASE}:",
+    f"{PREFIX}-reaper:x:{REAPER_UID}:",
+    f"qemu-alice:x:{EXPLICIT_UID}:",
+)
+
+
+def vm_uids() -> list[int]:
+    """Every uid a launch test may hand to a VM."""
+    return [*range(RANGE_BASE, RANGE_BASE + 64), EXPLICIT_UID]
+
+
+def leftovers() -> list[int]:
+    """Live processes of any test uid."""
+    return [pid for uid in vm_uids() for pid in live_pids_of_uid(uid)]
+
+
+@dataclass
+class VmHost:
+    """Scratch accounts plus a state directory; runs the CLI against them."""
+
+    root: Path
+    state_dir: Path = field(init=False)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        write_scratch_accounts(self.root / "accounts", PASSWD, GROUP)
+        # Unix socket paths are limited to 107 bytes: keep the state directory short.
+        self.state_dir = Path(tempfile.mkdtemp(prefix="qd", dir="/tmp")) / "s"
+
+    def config(self, name: str, **settings: str | int) -> Path:
+        path = self.root / f"{name}.cfg"
+        lines = [f'name = "{name}"', "memory = 64", "vcpus = 1"]
+        for key, value in settings.items():
+            lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def command(self, *args: str) -> list[str]:
+        return [
+            sys.executable, str(NSEXEC), str(self.root / "accounts"), "--",
+            sys.executable, "-m", "qemu_depriv", "--state-dir", str(self.state_dir), *args,
+        ]  # fmt: skip
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.env}
+        return subprocess.run(
+            self.command(*args), capture_output=True, text=True, env=env, timeout=timeout,
+            check=False,
+        )  # fmt: skip
+
+    def json(self, *args: str) -> tuple[int, dict[str, Any], str]:
+        done = self.run(*args, "--json")
+        try:
+            data = json.loads(done.stdout) if done.stdout.strip() else {}
+        except json.JSONDecodeError:
+            data = {"unparsed": done.stdout}
+        return done.returncode, data, done.stderr
+
+    def launch(self, name: str, *args: str, **settings: str | int) -> dict[str, Any]:
+        code, vm, stderr = self.json("launch", str(self.config(name, **settings)), *args)
+        assert code == 0, stderr
+        return vm
+
+    def vms(self) -> list[dict[str, Any]]:
+        code, data, stderr = self.json("list")
+        assert code == 0, stderr
+        return list(data["vms"])
+
+    def teardown(self) -> list[int]:
+        """Stop what the store knows, kill by pid whatever of the test uids is left."""
+        if (self.state_dir / "state.db").exists():
+            for vm in self.vms():
+                self.run("stop", vm["name"], "--timeout", "2")
+        left = leftovers()
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.state_dir.parent, ignore_errors=True)
+        return left
+
+
+def start_escapee(uid: int, gid: int) -> None:
+    """What a compromised device model leaves: double-forked, own session, ignores SIGTERM."""
+    subprocess.run(
+        [
+            "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
+            "sh", "-c",
+            "setsid sh -c 'trap \"\" TERM HUP; sleep 600 & sleep 600' </dev/null >/dev/null 2>&1 &",
+        ],
+        check=True,
+        timeout=10,
+    )  # fmt: skip
