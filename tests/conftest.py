@@ -1,4 +1,4 @@
-"""Guards for the whole suite: the host's account files are never changed by a test."""
+"""Guards for the whole suite: host account files unchanged, no QEMU left running."""
 
 from __future__ import annotations
 
@@ -26,3 +26,24 @@ def host_account_files_unchanged() -> Iterator[None]:
     after = _digests()
     changed = [name for name in HOST_FILES if before[name] != after[name]]
     assert not changed, f"the suite changed the host's {', '.join(changed)}"
+
+
+def _qemu_pids() -> set[int]:
+    """Live processes whose executable is a qemu-system binary (zombies have none)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "exe").readlink().name.startswith("qemu-system"):
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_qemu_left_running() -> Iterator[None]:
+    before = _qemu_pids()
+    yield
+    left = _qemu_pids() - before
+    assert not left, f"the suite left QEMU processes running: {sorted(left)}"

@@ -50,6 +50,14 @@ def test_qemu_runs_as_the_decisions_uid_with_no_capabilities(vmhost: VmHost) -> 
     assert vm["verification"]["observed"]["uids"] == [uid] * 4
 
 
+def test_the_state_directory_and_database_are_roots_alone(vmhost: VmHost) -> None:
+    vmhost.launch("web")
+    state = vmhost.state_dir.stat()
+    database = (vmhost.state_dir / "state.db").stat()
+    assert (state.st_uid, state.st_mode & 0o777) == (0, 0o700)
+    assert (database.st_uid, database.st_mode & 0o777) == (0, 0o600)
+
+
 def test_the_explicit_user_of_the_config_is_used(vmhost: VmHost) -> None:
     vm = vmhost.launch("db", device_model_user="qemu-alice")
     assert (vm["tier"], vm["runas"], vm["uid"]) == ("explicit", "qemu-alice", EXPLICIT_UID)
