@@ -160,7 +160,10 @@ class _Parser:
             return _dequote(token, self.lexer)
         if token.kind == "number":
             self.take()
-            return int(token.text, 0)
+            value = parse_number(token.text)
+            if value is None:
+                raise self.error(token, f"bad number {token.text!r}: octal digits are 0-7")
+            return value
         return None
 
     def value(self) -> Value:
@@ -201,6 +204,45 @@ class _Parser:
                 )
         self.take()
         return items
+
+
+def parse_number(text: str) -> int | None:
+    """Read a number as libxlu's consumers do (``strtol`` base 0): ``0x`` hex, ``0`` octal.
+
+    Returns None when ``text`` is not such a number.
+    """
+    text = text.strip()
+    if re.fullmatch(r"0[xX][0-9A-Fa-f]+", text):
+        return int(text, 16)
+    if re.fullmatch(r"0[0-7]+", text):
+        return int(text, 8)
+    if re.fullmatch(r"[0-9]+", text) and not (len(text) > 1 and text[0] == "0"):
+        return int(text)
+    return None
+
+
+def format_xlcfg(settings: dict[str, Value]) -> str:
+    """Write settings back as xl.cfg text that :func:`parse_xlcfg` reads to the same value."""
+    return "".join(f"{key} = {_format_value(value)}\n" for key, value in settings.items())
+
+
+def _format_value(value: Value) -> str:
+    if isinstance(value, list):
+        return "[ " + ", ".join(_format_value(item) for item in value) + " ]"
+    if isinstance(value, int):
+        return str(value)
+    escaped = []
+    for char in value:
+        if char in _FORMAT_ESCAPES:
+            escaped.append(_FORMAT_ESCAPES[char])
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            escaped.append(f"\\x{ord(char):02x}")
+        else:
+            escaped.append(char)
+    return '"' + "".join(escaped) + '"'
+
+
+_FORMAT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def _append(old: Value | None, new: Value, parser: _Parser, at: _Token) -> Value:
@@ -251,6 +293,9 @@ def read_xlcfg(path: Path) -> dict[str, Value]:
         raise InvalidInput(
             f"{path}: larger than {MAX_CONFIG_BYTES} bytes: not a domain config file"
         )
+    if b"\x00" in raw:
+        line = raw.count(b"\n", 0, raw.index(b"\x00")) + 1
+        raise InvalidInput(f"{path}:{line}: NUL byte: this is not a text file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -72,6 +72,8 @@ def _configure_logging(verbose: int, debug: bool) -> None:
     level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("qemu-depriv: %(levelname)s: %(message)s"))
+    for old in [h for h in log.handlers if isinstance(h, logging.StreamHandler)]:
+        log.removeHandler(old)
     log.addHandler(handler)
     log.setLevel(level)
 
