@@ -194,7 +194,8 @@ class _Resolution:
         names = ", ".join(a.name for a in self.tried)
         raise self._refusal(
             f"no device-model account for domid {request.domid} and restrict is on (tried "
-            f"{names}): create the range account with '{range_account_commands(prefix)}' "
+            f"{names}): create the range account with 'qemu-depriv provision range', which "
+            f"picks a free block of ids, or by hand: '{range_account_commands(prefix)}' "
             f"(ids {SUGGESTED_RANGE_BASE}-{SUGGESTED_RANGE_BASE + 65535} must be free)"
         )
 

@@ -1,0 +1,182 @@
+"""Host checks: is this machine ready to run deprivileged device models, and if not, what to fix.
+
+Each check gives :class:`Finding` values; ``ok`` findings are reported too, so that the output
+shows what was checked.  Account safety reuses the provisioning plans' rules, so ``doctor`` and
+``provision`` never disagree about what an unsafe account is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from qemu_depriv import linux
+from qemu_depriv.errors import QemuDeprivError
+from qemu_depriv.nss import AccountLookup
+from qemu_depriv.procs import live_pids_of_uid
+from qemu_depriv.provision import plan_range, plan_single, read_account_files
+from qemu_depriv.qemu.caps import CapsProbe
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check's result: ``ok``, or a problem and the command or step that fixes it."""
+
+    area: str
+    ok: bool
+    message: str
+    fix: str = ""
+
+
+def check_qemu(probe: CapsProbe, binary: str) -> Iterator[Finding]:
+    """The QEMU binary and the deprivileging options it offers."""
+    try:
+        caps = probe.probe(binary)
+    except QemuDeprivError as exc:
+        yield Finding("qemu", False, exc.message, "apt-get install qemu-system-x86")
+        return
+    yield Finding("qemu", True, f"{binary}: {caps.version}")
+    if caps.runas_method is None:
+        yield Finding(
+            "qemu", False, "no -runas and no -run-with user=", "install QEMU 2.11 or later"
+        )
+    elif not (caps.runas_numeric or caps.run_with_user):
+        yield Finding(
+            "qemu",
+            False,
+            "-runas takes no uid:gid (range tier unusable)",
+            "install QEMU 2.11 or later",
+        )
+    if not (caps.chroot or caps.run_with_chroot):
+        yield Finding(
+            "qemu", False, "no -chroot and no -run-with chroot=", "install a QEMU that can chroot"
+        )
+    if not caps.sandbox:
+        yield Finding(
+            "qemu", False, "no -sandbox (seccomp)", "install a QEMU built with libseccomp"
+        )
+
+
+def check_accounts(lookup: AccountLookup, prefix: str, root: Path) -> Iterator[Finding]:
+    """The device-model accounts: present, safe, and the reaper idle."""
+    files = read_account_files(root)
+    range_base = files.user(f"{prefix}-range-base") or files.user(f"{prefix}-base")
+    if range_base is None and files.user(f"{prefix}-shared") is None:
+        yield Finding(
+            "accounts",
+            False,
+            f"no {prefix}-range-base: domains without their own account are refused",
+            "qemu-depriv provision range",
+        )
+    findings = plan_range(files, prefix, root).findings if range_base else ()
+    for kind in ("shared", "reaper"):
+        name = f"{prefix}-{kind}"
+        if files.user(name) is not None:
+            findings += plan_single(files, name, root).findings
+    for user in files.users:
+        if user.name.startswith(f"{prefix}-") and user.name not in (
+            f"{prefix}-range-base",
+            f"{prefix}-shared",
+            f"{prefix}-reaper",
+        ):
+            findings += plan_single(files, user.name, root).findings
+    for problem in findings:
+        message, _, fix = problem.partition(": ")
+        yield Finding("accounts", False, message, fix)
+    reaper = lookup.user_by_name(f"{prefix}-reaper")
+    if reaper is None:
+        yield Finding(
+            "accounts",
+            False,
+            f"no {prefix}-reaper: kill-by-uid falls back to the range base uid",
+            "qemu-depriv provision reaper",
+        )
+    elif pids := live_pids_of_uid(reaper.uid):
+        yield Finding(
+            "accounts",
+            False,
+            f"{prefix}-reaper (uid {reaper.uid}) owns processes {pids[:5]}",
+            "the reaper must own none: end them, and use the account for nothing else",
+        )
+    if not findings and range_base is not None:
+        yield Finding("accounts", True, f"{range_base.name} at uid {range_base.id}")
+
+
+def _unshare_works() -> bool:
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWIPC)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def check_kernel(
+    proc: Path = Path("/proc"), cgroup: Path = Path("/sys/fs/cgroup")
+) -> Iterator[Finding]:
+    """The kernel features the launcher uses."""
+    if _unshare_works():
+        yield Finding("kernel", True, "mount and IPC namespaces")
+    else:
+        yield Finding(
+            "kernel",
+            False,
+            "unshare(CLONE_NEWNS|CLONE_NEWIPC) refused",
+            "run as root, outside a restricted container",
+        )
+    v2 = next(
+        (d for d in (cgroup, cgroup / "unified") if (d / "cgroup.controllers").exists()), None
+    )
+    v2_controllers = set((v2 / "cgroup.controllers").read_text().split()) if v2 else set()
+    v1_controllers = set()
+    for line in (proc / "cgroups").read_text().splitlines()[1:]:
+        name, _, _, enabled = line.split()
+        if enabled == "1" and (cgroup / name).is_dir() and name not in v2_controllers:
+            v1_controllers.add(name)
+    wanted = {"memory", "pids", "cpu"}
+    usable = v2_controllers | v1_controllers
+    missing = wanted - usable
+    v2_names = " ".join(sorted(v2_controllers)) or "none"
+    where = f"v2 at {v2}: {v2_names}; v1: {' '.join(sorted(v1_controllers)) or 'none'}"
+    if missing:
+        yield Finding(
+            "kernel",
+            False,
+            f"cgroup controllers {' '.join(sorted(missing))} unusable ({where})",
+            "enable them (systemd.unified_cgroup_hierarchy, or mount cgroup v1)",
+        )
+    else:
+        yield Finding("kernel", True, f"cgroups ({where})")
+    if (proc / "sys/kernel/seccomp/actions_avail").exists():
+        yield Finding("kernel", True, "seccomp filters")
+    else:
+        yield Finding(
+            "kernel",
+            False,
+            "seccomp filters unavailable",
+            "use a kernel built with CONFIG_SECCOMP_FILTER",
+        )
+
+
+def check_state_dir(state_dir: Path) -> Iterator[Finding]:
+    """The state directory: root's alone, or not yet created."""
+    try:
+        info = state_dir.stat()
+    except FileNotFoundError:
+        yield Finding("state", True, f"{state_dir} will be created (0700) on the first launch")
+        return
+    if info.st_uid != 0 or info.st_mode & 0o077:
+        yield Finding(
+            "state",
+            False,
+            f"{state_dir} is owned by uid {info.st_uid} with mode {info.st_mode & 0o777:o}",
+            f"chown root:root {state_dir} && chmod 0700 {state_dir}",
+        )
+    else:
+        yield Finding("state", True, f"{state_dir} is root's alone")

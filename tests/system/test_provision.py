@@ -1,0 +1,195 @@
+"""``provision`` and ``doctor`` against alternate roots, with the real groupadd and useradd."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.system.conftest import NSEXEC
+
+P = "xen-qemuuser"
+NOLOGIN = "::/nonexistent:/usr/sbin/nologin"
+
+
+def make_root(
+    path: Path,
+    passwd: tuple[str, ...] = (),
+    group: tuple[str, ...] = (),
+    subuid: str = "",
+) -> Path:
+    etc = path / "etc"
+    etc.mkdir(parents=True)
+    users = (
+        "root:x:0:0:root:/root:/bin/bash",
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin",
+        *passwd,
+    )
+    groups = ("root:x:0:", "nogroup:x:65534:", *group)
+    (etc / "passwd").write_text("\n".join(users) + "\n")
+    (etc / "group").write_text("\n".join(groups) + "\n")
+    (etc / "shadow").write_text("".join(f"{u.split(':')[0]}:*:19000:0:99999:7:::\n" for u in users))
+    (etc / "gshadow").write_text("".join(f"{g.split(':')[0]}:*::\n" for g in groups))
+    (etc / "subuid").write_text(subuid)
+    (etc / "nsswitch.conf").write_text("passwd: files\ngroup: files\n")
+    for name in ("shadow", "gshadow"):
+        (etc / name).chmod(0o640)
+    return path
+
+
+def digest(root: Path) -> str:
+    sha = hashlib.sha256()
+    for path in sorted((root / "etc").iterdir()):
+        sha.update(path.name.encode() + path.read_bytes())
+    return sha.hexdigest()
+
+
+def cli(*args: str, root: Path | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "qemu_depriv", *args]
+    if root is not None:  # see the alternate root's accounts through NSS as well
+        command = [sys.executable, str(NSEXEC), str(root / "etc"), "--", *command]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, check=False)
+
+
+def provision(root: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+    done = cli("provision", *args, "--root", str(root), "--json")
+    return (
+        done.returncode,
+        json.loads(done.stdout) if done.stdout.strip().startswith("{") else {},
+        done.stderr,
+    )
+
+
+def entry(root: Path, name: str, file: str = "passwd") -> list[str]:
+    for line in (root / "etc" / file).read_text().splitlines():
+        if line.split(":")[0] == name:
+            return line.split(":")
+    raise AssertionError(f"{name} not in {file}")
+
+
+def test_range_takes_the_first_aligned_block_that_is_wholly_free(tmp_path: Path) -> None:
+    root = make_root(
+        tmp_path,
+        passwd=(f"alice:x:{65536 + 5}:100::/home/alice:/bin/bash",),
+        group=(f"builders:x:{131072 + 100}:",),
+        subuid="alice:196608:65536\n",
+    )
+    code, out, stderr = provision(root, "range")
+    assert code == 0, stderr
+    assert out["applied"]
+    user = entry(root, f"{P}-range-base")
+    assert (user[2], user[3], user[6]) == ("262144", "262144", "/usr/sbin/nologin")
+    assert entry(root, f"{P}-range-base", "group")[2] == "262144"
+
+
+def test_the_provisioned_range_is_what_resolve_then_uses(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    assert provision(root, "range")[0] == 0
+    done = cli("resolve", "--domid", "9", "--json", root=root)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["runas"] == f"{65536 + 9}:65536"
+
+
+def test_a_second_run_changes_nothing(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    for kind in (["range"], ["shared"], ["reaper"], ["user", "web"]):
+        assert provision(root, *kind)[0] == 0
+    before = digest(root)
+    for kind in (["range"], ["shared"], ["reaper"], ["user", "web"]):
+        code, out, stderr = provision(root, *kind)
+        assert code == 0, stderr
+        assert out["present"]
+        assert not out["applied"]
+    assert digest(root) == before
+
+
+def test_single_accounts_get_distinct_system_ids_outside_the_range(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    for kind in (["range"], ["shared"], ["reaper"], ["user", "web"]):
+        assert provision(root, *kind)[0] == 0
+    ids = [int(entry(root, f"{P}-{n}")[2]) for n in ("shared", "reaper", "web")]
+    assert len(set(ids)) == 3
+    assert all(100 <= i <= 999 for i in ids)
+    assert all(
+        entry(root, f"{P}-{n}")[6] == "/usr/sbin/nologin" for n in ("shared", "reaper", "web")
+    )
+
+
+def test_dry_run_prints_the_exact_commands_and_writes_nothing(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    before = digest(root)
+    done = cli("provision", "range", "--root", str(root), "--dry-run")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == f"groupadd --prefix {root} --system --gid 65536 {P}-range-base"
+    assert lines[1].startswith(f"useradd --prefix {root} --system --no-create-home")
+    assert digest(root) == before
+
+
+@pytest.mark.parametrize(
+    ("kind", "passwd", "words"),
+    [
+        (["shared"], (f"{P}-shared:x:500:500::/home/s:/bin/bash",), "login shell"),
+        (["reaper"], (f"{P}-reaper:x:0:500{NOLOGIN}",), "uid 0"),
+        (["user", "web"], (f"{P}-web:x:501:0{NOLOGIN}",), "gid 0"),
+        (
+            ["range"],
+            (f"{P}-range-base:x:131072:131072{NOLOGIN}", f"bob:x:131080:100{NOLOGIN}"),
+            "overlaps user bob",
+        ),
+    ],
+)
+def test_unsafe_existing_accounts_are_reported_and_left_alone(
+    tmp_path: Path, kind: list[str], passwd: tuple[str, ...], words: str
+) -> None:
+    root = make_root(tmp_path, passwd=passwd)
+    before = digest(root)
+    done = cli("provision", *kind, "--root", str(root))
+    assert done.returncode == 3
+    assert words in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert digest(root) == before
+
+
+def test_seed_layout_accounts_inside_the_range_are_not_an_overlap(tmp_path: Path) -> None:
+    root = make_root(
+        tmp_path,
+        passwd=(f"{P}-range-base:x:131072:131072{NOLOGIN}", f"{P}-base7:x:131079:131072{NOLOGIN}"),
+    )
+    code, out, stderr = provision(root, "range")
+    assert (code, out["present"]) == (0, True), stderr
+
+
+@pytest.mark.parametrize(("base", "code"), [("1000", 2), ("0", 2), ("65536", 3)])
+def test_a_bad_or_taken_base_is_refused(tmp_path: Path, base: str, code: int) -> None:
+    root = make_root(tmp_path, passwd=(f"carol:x:65600:100{NOLOGIN}",))
+    before = digest(root)
+    done = cli("provision", "range", "--base", base, "--root", str(root))
+    assert done.returncode == code
+    assert digest(root) == before
+
+
+def test_doctor_is_happy_with_a_provisioned_root_and_names_each_problem(tmp_path: Path) -> None:
+    good = make_root(tmp_path / "good")
+    for kind in (["range"], ["reaper"]):
+        assert provision(good, *kind)[0] == 0
+    state = ["--state-dir", str(tmp_path / "state")]
+    done = cli("doctor", "--root", str(good), *state, "--json", root=good)
+    report = json.loads(done.stdout)
+    assert done.returncode == 0, [f for f in report["findings"] if not f["ok"]]
+    assert report["ready"]
+
+    bad = make_root(tmp_path / "bad", passwd=(f"{P}-shared:x:500:0::/home/s:/bin/bash",))
+    done = cli("doctor", "--root", str(bad), *state, root=bad)
+    assert done.returncode == 1
+    problems = [line for line in done.stdout.splitlines() if line.startswith("FIX")]
+    assert any("login shell" in line and "usermod --shell" in line for line in problems)
+    assert any("gid 0" in line for line in problems)
+    assert any("provision reaper" in line for line in problems)
