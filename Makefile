@@ -13,6 +13,8 @@ BIN := $(VENV)/bin
 APT_PACKAGES := qemu-system-x86 libnss-wrapper util-linux passwd gcc libc6-dev python3-venv
 SYSTEM_STAMP := $(VENV)/.system-packages
 VENV_STAMP := $(VENV)/.installed
+# The example domain configs Xen ships (xen-utils-common): unpacked for the tests, not installed.
+XEN_EXAMPLES := $(VENV)/xen-examples/etc/xen/xlexample.hvm
 
 .PHONY: help demo test lint unit golden deps clean
 
@@ -36,7 +38,15 @@ $(VENV_STAMP): pyproject.toml $(SYSTEM_STAMP)
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $@
 
-deps: $(VENV_STAMP)
+$(XEN_EXAMPLES): | $(SYSTEM_STAMP)
+	@rm -rf $(VENV)/xen-deb && mkdir -p $(VENV)/xen-deb
+	cd $(VENV)/xen-deb && { apt-get download -q -o APT::Sandbox::User=root xen-utils-common \
+		|| { apt-get update -qq && apt-get download -q -o APT::Sandbox::User=root xen-utils-common; }; }
+	dpkg-deb -x $(VENV)/xen-deb/xen-utils-common_*.deb $(VENV)/xen-examples
+	@rm -rf $(VENV)/xen-deb
+	@test -f $@
+
+deps: $(VENV_STAMP) $(XEN_EXAMPLES)
 
 demo: deps
 	$(BIN)/qemu-depriv demo

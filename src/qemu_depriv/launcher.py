@@ -38,9 +38,10 @@ from qemu_depriv.nss import AccountLookup
 from qemu_depriv.policy import Decision, Request, Tier, resolve
 from qemu_depriv.process import BASE_ENV, spawn
 from qemu_depriv.procs import is_alive, live_pids_of_uid
-from qemu_depriv.qemu.argv import VmPaths, standalone_argv, xen_argv
+from qemu_depriv.qemu.argv import VmPaths, standalone_argv, standalone_warnings
 from qemu_depriv.qemu.caps import CapsProbe
 from qemu_depriv.qemu.qmp import QmpConnection
+from qemu_depriv.qemu.xen import device_model_need, xen_argv, xen_pv_argv
 from qemu_depriv.reaper import kill_uid, signal_pid
 from qemu_depriv.settings import Settings
 from qemu_depriv.state import StateStore, VmRecord, current_owner
@@ -75,6 +76,7 @@ class Plan:
     decision: Decision
     argv: list[str]
     paths: VmPaths
+    warnings: tuple[str, ...] = ()
 
 
 def verify(snap: Snapshot, decision: Decision, chroot: Path) -> dict[str, Any]:
@@ -147,6 +149,13 @@ class Launcher:
         """
         config = request.config
         restrict = self._restrict(request)
+        if request.mode == "xen" and config.device_model_version == "qemu-xen-traditional":
+            raise InvalidInput(
+                f"{config.source}: device_model_version qemu-xen-traditional is not supported: "
+                "it cannot drop privileges; use qemu-xen"
+            )
+        if not self.device_model_need(request)[0]:
+            raise InvalidInput(f"{config.source}: {self.device_model_need(request)[1]}")
         decision = resolve(
             Request(
                 domid=domid,
@@ -163,10 +172,11 @@ class Launcher:
                 f"state directory {self.settings.state_dir} is too long for a unix socket "
                 f"path ({len(str(paths.qmp))} > {SOCKET_PATH_MAX} bytes): use a shorter --state-dir"
             )
-        binary = self._binary(request)
-        caps = self.probe.probe(binary)
+        caps = self.probe.probe(self._binary(request))
+        warnings: list[str] = []
         if request.mode == "xen":
-            argv = xen_argv(caps, config, decision, paths, domid=domid, restrict=restrict)
+            build = xen_argv if config.type == "hvm" else xen_pv_argv
+            argv = build(caps, config, decision, paths, domid=domid, restrict=restrict)
         else:
             accel = config.accel or request.accel
             if accel == "kvm" and not self.kvm_works():
@@ -174,8 +184,16 @@ class Launcher:
                     "KVM was asked for but does not work here (/dev/kvm missing, or the CPU "
                     "lacks virtualisation): use --accel tcg"
                 )
-            argv = standalone_argv(caps, config, decision, paths, accel=accel)
-        return Plan(request.mode, domid, decision, argv, paths)
+            argv = standalone_argv(caps, config, decision, paths, accel=accel, restrict=restrict)
+            warnings = standalone_warnings(config)
+        return Plan(request.mode, domid, decision, argv, paths, tuple(warnings))
+
+    @staticmethod
+    def device_model_need(request: LaunchRequest) -> tuple[bool, str]:
+        """Whether the domain needs a device model in this mode, and why (or why not)."""
+        if request.mode == "standalone":
+            return True, "a standalone VM is QEMU itself"
+        return device_model_need(request.config)
 
     def free_domid(self) -> int:
         """The domid a launch without ``--domid`` would get now (for ``--dry-run``)."""
@@ -190,8 +208,10 @@ class Launcher:
         return self.settings.restrict
 
     def _binary(self, request: LaunchRequest) -> str:
-        name = request.qemu or (
-            "qemu-system-i386" if request.mode == "xen" else "qemu-system-x86_64"
+        name = (
+            request.qemu
+            or request.config.device_model_override
+            or ("qemu-system-i386" if request.mode == "xen" else "qemu-system-x86_64")
         )
         if "/" in name:
             return name

@@ -1,9 +1,9 @@
 r"""A parser for xl.cfg(5) domain configuration files, as Xen's libxlu reads them (pure).
 
 Syntax: ``KEY = VALUE`` settings ended by a newline or ``;``; ``#`` comments; values are
-strings in double quotes (with libxlu's escapes: ``\\ \" \' \n \r \t \xHH \OOO``) or single
-quotes (no escapes), numbers (decimal or ``0x`` hex), or lists ``[ a, b, ]`` of strings and
-numbers that may span lines and end with a comma.  ``KEY += VALUE`` appends, as xl allows.
+strings in double quotes (with libxlu's escapes ``\\ \" \' \a \b \f \n \r \t \v``) or single
+quotes (no escapes), numbers (decimal, ``0x`` hex, ``0`` octal), or lists ``[ a, b, ]`` of
+strings and numbers that may span lines and end with a comma.  ``KEY += VALUE`` appends.
 A key given twice keeps the last value, as in xl; unknown keys are kept (xl ignores them).
 
 Errors are :class:`~qemu_depriv.errors.InvalidInput` naming ``FILE:LINE:COL``.  This is written
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from qemu_depriv.domain import DomainConfig
 from qemu_depriv.errors import InvalidInput
+from qemu_depriv.xldevices import parse_disk, parse_vif
 
 #: A config larger than this is refused unread: real ones are a few kilobytes.
 MAX_CONFIG_BYTES = 1 << 20
@@ -26,10 +27,11 @@ Value = str | int | list[str | int]
 
 _TOKEN = re.compile(
     r"""
-    (?P<space>[ \t\r]+)
+    (?P<space>[ \t]+)
   | (?P<comment>\#[^\n]*)
   | (?P<newline>\n)
-  | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
+  | (?P<ident>[a-z][a-z0-9_.]*)
+  | (?P<badident>[A-Za-z_][A-Za-z0-9_.]*)
   | (?P<number>0[xX][0-9A-Fa-f]+|[0-9]+)(?![A-Za-z0-9_.])
   | (?P<badnumber>[0-9][A-Za-z0-9_.]*)
   | (?P<dstring>"(?:[^"\\\n]|\\.)*")
@@ -38,8 +40,11 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
-_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{2}|[0-7]{1,3}|.)", re.S)
-_SIMPLE_ESCAPES = {'"': '"', "'": "'", "\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
+_ESCAPE = re.compile(r"\\(.)", re.S)
+_SIMPLE_ESCAPES = {
+    '"': '"', "'": "'", "\\": "\\", "a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r",
+    "t": "\t", "v": "\v",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -65,10 +70,18 @@ class _Lexer:
             col = pos - line_start + 1
             if match is None:
                 char = self.text[pos]
+                if char == "\r":
+                    raise self.error(
+                        line, col, "carriage return: xl reads Unix line ends only (dos2unix)"
+                    )
                 if char in "\"'":
                     raise self.error(line, col, "unterminated string: close it on the same line")
                 raise self.error(line, col, f"unexpected character {char!r}")
             kind = match.lastgroup or ""
+            if kind == "badident":
+                raise self.error(
+                    line, col, f"setting name {match.group()!r}: xl reads only lower-case names"
+                )
             if kind == "badnumber":
                 raise self.error(
                     line, col, f"bad number {match.group()!r}: use decimal digits or 0x and hex"
@@ -92,14 +105,15 @@ def _dequote(token: _Token, lexer: _Lexer) -> str:
         escape = match.group(1)
         if escape in _SIMPLE_ESCAPES:
             return _SIMPLE_ESCAPES[escape]
-        if escape[0] == "x" and len(escape) == 3:
-            return chr(int(escape[1:], 16))
-        if escape[0] in "01234567":
-            return chr(int(escape, 8))
+        why = {
+            "x": "xl fails on \\x escapes",
+            **dict.fromkeys("01234567", "xl drops octal escapes"),
+        }.get(escape, "xl knows no such escape")
         raise lexer.error(
             token.line,
             token.col,
-            f"invalid escape \\{escape[0]} in string: write \\\\ for a backslash",
+            f"escape \\{escape} in string: {why}; write the character itself, or \\\\ for a "
+            "backslash",
         )
 
     return _ESCAPE.sub(replace, body)
@@ -233,16 +247,11 @@ def _format_value(value: Value) -> str:
         return str(value)
     escaped = []
     for char in value:
-        if char in _FORMAT_ESCAPES:
-            escaped.append(_FORMAT_ESCAPES[char])
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            escaped.append(f"\\x{ord(char):02x}")
-        else:
-            escaped.append(char)
+        escaped.append(_FORMAT_ESCAPES.get(char, char))
     return '"' + "".join(escaped) + '"'
 
 
-_FORMAT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_FORMAT_ESCAPES = {value: f"\\{key}" for key, value in _SIMPLE_ESCAPES.items() if key != "'"}
 
 
 def _append(old: Value | None, new: Value, parser: _Parser, at: _Token) -> Value:
@@ -315,34 +324,93 @@ def _string(settings: dict[str, Value], key: str, source: str) -> str | None:
 
 
 def _integer(settings: dict[str, Value], key: str, source: str) -> int | None:
+    """A number; libxlu's consumers also read one written in quotes."""
     value = settings.get(key)
-    if value is not None and not isinstance(value, int):
+    if value is None or isinstance(value, int):
+        return value
+    number = parse_number(value) if isinstance(value, str) else None
+    if number is None:
         raise InvalidInput(f"{source}: {key} must be a number, not {value!r}")
-    return value
+    return number
+
+
+def _flag(settings: dict[str, Value], key: str, source: str) -> bool | None:
+    number = _integer(settings, key, source)
+    return None if number is None else number != 0
+
+
+def _strings(settings: dict[str, Value], key: str, source: str) -> tuple[str, ...]:
+    """A list of strings; a single string counts as a list of one (as xl takes serial)."""
+    value = settings.get(key)
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(item, str) for item in items):
+        raise InvalidInput(f"{source}: {key} must be a list of quoted strings, not {value!r}")
+    return tuple(str(item) for item in items)
+
+
+def _domain_type(settings: dict[str, Value], source: str) -> str:
+    """``type``, else ``builder`` ("hvm"; "generic" is PV), else PV, as xl decides on x86."""
+    dom_type = _string(settings, "type", source)
+    builder = _string(settings, "builder", source)
+    from_builder = {"hvm": "hvm", "generic": "pv"}.get(builder or "")
+    if builder is not None and from_builder is None:
+        raise InvalidInput(f"{source}: builder {builder!r} is unknown: use hvm or generic")
+    if dom_type is not None and from_builder is not None and dom_type != from_builder:
+        raise InvalidInput(f"{source}: type {dom_type!r} and builder {builder!r} disagree")
+    return dom_type or from_builder or "pv"
+
+
+def _vga(settings: dict[str, Value], source: str) -> str | None:
+    vga = _string(settings, "vga", source)
+    if vga is not None:
+        return vga
+    stdvga = _flag(settings, "stdvga", source)
+    return None if stdvga is None else "stdvga" if stdvga else "cirrus"
 
 
 def domain_config(settings: dict[str, Value], source: str = "<config>") -> DomainConfig:
-    """Map parsed settings to a validated :class:`DomainConfig`.
+    """Map parsed settings to a validated :class:`DomainConfig`, as xl's parser reads them.
 
     Raises:
-        InvalidInput: a required key is missing or a value is of the wrong kind or range.
+        InvalidInput: a required key is missing, or a value is of the wrong kind or range.
     """
     name = _string(settings, "name", source)
     if name is None:
         raise InvalidInput(f'{source}: no name = "..." setting: every domain needs a name')
-    dom_type = _string(settings, "type", source) or _string(settings, "builder", source)
-    if dom_type == "generic":  # xl's old spelling of pv
-        dom_type = "pv"
-    restrict = _integer(settings, "dm_restrict", source)
-    memory = _integer(settings, "memory", source)
-    vcpus = _integer(settings, "vcpus", source)
+    memory, vcpus = _integer(settings, "memory", source), _integer(settings, "vcpus", source)
     return DomainConfig(
         name=name,
-        type=dom_type or "hvm",
+        type=_domain_type(settings, source),
         memory=128 if memory is None else memory,
+        maxmem=_integer(settings, "maxmem", source),
         vcpus=1 if vcpus is None else vcpus,
+        maxvcpus=_integer(settings, "maxvcpus", source),
         device_model_user=_string(settings, "device_model_user", source),
-        dm_restrict=None if restrict is None else bool(restrict),
+        dm_restrict=_flag(settings, "dm_restrict", source),
+        device_model_version=_string(settings, "device_model_version", source),
+        device_model_override=_string(settings, "device_model_override", source),
+        device_model_args=_strings(settings, "device_model_args", source),
+        device_model_args_hvm=_strings(settings, "device_model_args_hvm", source),
+        vnc=_flag(settings, "vnc", source),
+        vnclisten=_string(settings, "vnclisten", source),
+        vncdisplay=_integer(settings, "vncdisplay", source),
+        vncunused=_flag(settings, "vncunused", source),
+        sdl=bool(_flag(settings, "sdl", source)),
+        serial=_strings(settings, "serial", source),
+        boot=_string(settings, "boot", source),
+        vga=_vga(settings, source),
+        videoram=_integer(settings, "videoram", source),
+        uuid=_string(settings, "uuid", source),
+        disks=tuple(parse_disk(d, source) for d in _strings(settings, "disk", source)),
+        vifs=tuple(
+            parse_vif(v, devid, source) for devid, v in enumerate(_strings(settings, "vif", source))
+        ),
+        vfbs=_strings(settings, "vfb", source),
+        p9s=_strings(settings, "p9", source),
+        channels=_strings(settings, "channel", source),
+        usbctrls=_strings(settings, "usbctrl", source),
         accel=_string(settings, "accel", source),
         source=source,
     )

@@ -61,7 +61,8 @@ class VmHost:
 
     def config(self, name: str, **settings: str | int) -> Path:
         path = self.root / f"{name}.cfg"
-        lines = [f'name = "{name}"', "memory = 64", "vcpus = 1"]
+        lines = [f'name = "{name}"', 'type = "hvm"', "memory = 64", "vcpus = 1"]
+        lines = [line for line in lines if line.split(" = ")[0] not in settings]
         for key, value in settings.items():
             lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
         path.write_text("\n".join(lines) + "\n")

@@ -1,5 +1,14 @@
 """QEMU command lines for a standalone VM and a Xen device model.
 
+The Xen command lines follow libxl as Xen 4.17 builds them; the sources, all in Xen's tree:
+``libxl__build_device_model_args_new`` in tools/libs/light/libxl_dm.c (the options and their
+order, VNC, VGA, -m, disks, NICs), ``libxl__domain_build_info_setdefault`` in
+tools/libs/light/libxl_create.c (cirrus and 8 MiB of video memory, boot "cda", VNC on),
+``libxl__device_disk_set_backend`` in tools/libs/light/libxl_device.c (phy or qdisk), and
+``libxl__device_disk_dev_number`` (xvda and hda are IDE index 0; hdc is device 5632).
+Deliberate differences are listed in qemu_depriv/qemu/xen.py.  The xl.cfg inputs sit beside
+their golden files (golden/NAME.cfg).
+
 The full command lines are golden files in tests/unit/golden/NAME.argv, one argument per line.
 After an intended change, regenerate them with ``make golden``, which sets
 ``QEMU_DEPRIV_REGEN_GOLDEN=1`` so that each golden test writes its file instead of comparing,
@@ -18,8 +27,10 @@ import pytest
 from qemu_depriv.domain import DomainConfig
 from qemu_depriv.errors import EnvironmentFailure
 from qemu_depriv.policy import Decision, Tier
-from qemu_depriv.qemu.argv import VmPaths, runas_args, sandbox_args, standalone_argv, xen_argv
+from qemu_depriv.qemu.argv import VmPaths, runas_args, sandbox_args, standalone_argv
 from qemu_depriv.qemu.caps import QemuCaps, parse_caps
+from qemu_depriv.qemu.xen import xen_argv, xen_pv_argv
+from qemu_depriv.xlcfg import load_domain
 
 GOLDEN = Path(__file__).parent / "golden"
 SAMPLES = Path(__file__).parent / "samples"
@@ -103,6 +114,18 @@ def xen(caps: QemuCaps, decision: Decision, *, restrict: bool) -> Callable[[], l
     return lambda: xen_argv(xen_caps, CONFIG, decision, PATHS, domid=7, restrict=restrict)
 
 
+def from_cfg(name: str, caps: QemuCaps, *, mode: str) -> Callable[[], list[str]]:
+    def build() -> list[str]:
+        config = load_domain(GOLDEN / f"{name}.cfg")
+        if mode == "standalone":
+            return standalone_argv(caps, config, RANGE, PATHS)
+        builder = xen_argv if config.type == "hvm" else xen_pv_argv
+        xen_caps = replace(caps, binary="/usr/bin/qemu-system-i386")
+        return builder(xen_caps, config, RANGE, PATHS, domid=7, restrict=True)
+
+    return build
+
+
 CASES = [
     Case("standalone-7.2-range", standalone(CAPS_7_2, RANGE)),
     Case("standalone-7.2-named", standalone(CAPS_7_2, NAMED)),
@@ -117,6 +140,9 @@ CASES = [
     Case("xen-9.1-range-restrict", xen(CAPS_9_1, RANGE, restrict=True)),
     Case("xen-9.1-named-restrict", xen(CAPS_9_1, NAMED, restrict=True)),
     Case("xen-9.1-root-norestrict", xen(CAPS_9_1, ROOT, restrict=False)),
+    Case("xen-hvm-full", from_cfg("hvm-full", CAPS_7_2, mode="xen")),
+    Case("standalone-hvm-full", from_cfg("hvm-full", CAPS_7_2, mode="standalone")),
+    Case("xen-pv-vfb", from_cfg("pv-vfb", CAPS_7_2, mode="xen")),
 ]
 
 
@@ -167,7 +193,13 @@ def test_hand_built_9_1_caps_match_what_a_9_1_help_says() -> None:
 def test_every_command_line_starts_paused_with_qmp_in_the_run_directory(case: Case) -> None:
     argv = case.build()
     assert "-S" in argv
-    assert argv[argv.index("-qmp") + 1] == "unix:/run/qemu-depriv/vms/7/qmp.sock,server=on,wait=off"
+    socket = "/run/qemu-depriv/vms/7/qmp.sock"
+    if "-qmp" in argv:  # standalone
+        assert argv[argv.index("-qmp") + 1] == f"unix:{socket},server=on,wait=off"
+    else:  # xen: libxl's control chardev and monitor
+        chardev = argv[argv.index("-chardev") + 1]
+        assert chardev == f"socket,id=libxl-cmd,path={socket},server=on,wait=off"
+        assert argv[argv.index("-mon") + 1] == "chardev=libxl-cmd,mode=control"
 
 
 # -- refusals ---------------------------------------------------------------------------------

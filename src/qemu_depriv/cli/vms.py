@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -73,17 +74,28 @@ def run_launch(args: argparse.Namespace, context: Context) -> int:
         start_timeout=args.start_timeout,
     )
     launcher = context.launcher()
+    needed, reason = launcher.device_model_need(request)
+    if not needed:
+        if context.as_json:
+            emit_json(
+                {"mode": request.mode, "domid": request.domid, "decision": None, "argv": None,
+                 "reason": reason}
+            )  # fmt: skip
+        else:
+            print(f"{request.config.name}: no device model: {reason}; nothing started")
+        return 0
     if args.dry_run:
         plan = launcher.plan(request, request.domid or launcher.free_domid())
         if context.as_json:
             emit_json(
-                {"mode": plan.mode, "domid": plan.domid,
-                 "decision": plan.decision.as_dict(), "argv": plan.argv}
+                {"mode": plan.mode, "domid": plan.domid, "decision": plan.decision.as_dict(),
+                 "argv": plan.argv, "reason": reason, "warnings": list(plan.warnings)}
             )  # fmt: skip
         else:
-            print(f"domid {plan.domid}, mode {plan.mode}")
+            print(f"domid {plan.domid}, mode {plan.mode}: {reason}")
             print("\n".join(describe_decision(plan.decision)))
-            print(" ".join(plan.argv))
+            print("\n".join(f"  warning: {w}" for w in plan.warnings))
+            print(shlex.join(plan.argv))
         return 0
     record = launcher.launch(request)
     if context.as_json:

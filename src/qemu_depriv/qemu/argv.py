@@ -1,8 +1,10 @@
-"""Command lines for QEMU (pure): a standalone VM, or a Xen HVM domain's device model.
+"""Command lines for QEMU (pure): what every device model gets, and a standalone VM.
 
-Both start QEMU paused (``-S``) with QMP on a unix socket in the VM's run directory, drop to
-the decision's account with the option the binary supports (``-run-with user=`` on QEMU >= 9.1,
-else ``-runas``), chroot into an empty per-VM directory, and enable seccomp.
+Xen device models are built in :mod:`qemu_depriv.qemu.xen`.  Both kinds start QEMU paused
+(``-S``) with QMP on a unix socket in the VM's run directory, drop to the decision's account
+with the option the binary supports (``-run-with user=`` on QEMU >= 9.1, else ``-runas``),
+chroot into an empty per-VM directory, and enable seccomp.  Under restrict,
+``device_model_args`` may not carry an option that would undo that (:func:`guard_extra_args`).
 
 Under ``-runas`` QEMU itself calls setgid/setuid after installing its seccomp filter, and QEMU
 7.2 kills itself ("Bad system call") if that filter denies privilege changes; so
@@ -18,9 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qemu_depriv.domain import DomainConfig
-from qemu_depriv.errors import EnvironmentFailure
+from qemu_depriv.errors import EnvironmentFailure, InvalidInput, PolicyRefusal
 from qemu_depriv.policy import Decision
 from qemu_depriv.qemu.caps import QemuCaps
+from qemu_depriv.qemu.devices import (
+    disk_args,
+    scsi_controller_args,
+    serial_args,
+    vga_args,
+    vnc_address,
+)
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,33 @@ def _qmp(paths: VmPaths) -> list[str]:
     return ["-qmp", f"unix:{paths.qmp},server=on,wait=off"]
 
 
+#: Options that would undo the deprivileging if device_model_args could add them.
+PROTECTED_OPTIONS = frozenset({"-runas", "-run-with", "-chroot", "-sandbox", "-daemonize"})
+
+
+def guard_extra_args(config: DomainConfig, *, restrict: bool) -> None:
+    """Refuse ``device_model_args`` that would undo the isolation, under restrict.
+
+    Raises:
+        PolicyRefusal: such an option is present and restrict is on.
+    """
+    if not restrict:
+        return
+    for arg in (*config.device_model_args, *config.device_model_args_hvm):
+        if arg.split("=")[0] in PROTECTED_OPTIONS:
+            raise PolicyRefusal(
+                f"{config.source}: device_model_args holds {arg!r}, which would undo the "
+                "deprivileging; remove it (restrict is on)"
+            )
+
+
+def display_args(config: DomainConfig) -> list[str]:
+    """A standalone VM's display: VNC or SDL when the config asks, else none."""
+    if config.vnc:
+        return ["-vnc", vnc_address(config)]
+    return ["-display", "sdl" if config.sdl else "none"]
+
+
 def standalone_argv(
     caps: QemuCaps,
     config: DomainConfig,
@@ -107,63 +143,59 @@ def standalone_argv(
     paths: VmPaths,
     *,
     accel: str = "tcg",
+    restrict: bool = True,
 ) -> list[str]:
     """QEMU runs the VM itself: a PC with TCG (or KVM), no default devices, no display.
 
+    The config's display, graphics, serial ports, boot order and disks are emulated as in
+    Xen mode; its vifs are not (see :func:`standalone_warnings`).
+
     Raises:
         EnvironmentFailure: see :func:`runas_args`.
+        InvalidInput: the domain is PV or PVH (they need Xen), or a read-only IDE disk.
+        PolicyRefusal: ``device_model_args`` would undo the isolation under restrict.
     """
+    if config.type != "hvm":
+        raise InvalidInput(
+            f"{config.source}: a {config.type.upper()} domain needs Xen and cannot run "
+            "standalone: use --mode xen"
+        )
+    guard_extra_args(config, restrict=restrict)
+    smp = (
+        f"{config.vcpus},maxcpus={config.max_vcpus}"
+        if config.max_vcpus > config.vcpus
+        else str(config.vcpus)
+    )
+    disks, _ = disk_args(config)
     return [
         caps.binary,
         "-name", config.name,
         "-machine", "pc",
         "-accel", accel,
         "-m", str(config.memory),
-        "-smp", str(config.vcpus),
+        "-smp", smp,
         "-nodefaults",
         "-no-user-config",
-        "-display", "none",
+        *display_args(config),
+        *scsi_controller_args(config),
+        *serial_args(config),
+        *(vga_args(config) if config.vga is not None else []),
+        *(["-boot", f"order={config.boot}"] if config.boot else []),
+        *disks,
         "-S",
         *_qmp(paths),
+        *config.device_model_args,
+        *config.device_model_args_hvm,
         *sandbox_args(caps, decision),
         *runas_args(caps, decision, paths.chroot),
     ]  # fmt: skip
 
 
-def xen_argv(
-    caps: QemuCaps,
-    config: DomainConfig,
-    decision: Decision,
-    paths: VmPaths,
-    *,
-    domid: int,
-    restrict: bool,
-) -> list[str]:
-    """The device model of a Xen HVM domain, as libxl starts it.
-
-    Raises:
-        EnvironmentFailure: see :func:`runas_args`; or restrict is on and the binary lacks
-            ``-xen-domid-restrict``.
-    """
-    if restrict and not caps.xen_domid_restrict:
-        raise EnvironmentFailure(
-            f"QEMU {caps.binary} has no -xen-domid-restrict, which restrict needs: "
-            "install QEMU 2.10 or later built with Xen support"
+def standalone_warnings(config: DomainConfig) -> list[str]:
+    """What a standalone VM leaves out of its config."""
+    _, warnings = disk_args(config)
+    if config.vifs:
+        warnings.append(
+            f"{len(config.vifs)} vif(s) not emulated in standalone mode: the VM has no network"
         )
-    return [
-        caps.binary,
-        "-xen-domid", str(domid),
-        "-no-shutdown",
-        "-name", config.name,
-        "-nodefaults",
-        "-no-user-config",
-        *_qmp(paths),
-        "-display", "none",
-        "-machine", "xenfv",
-        "-m", str(config.memory),
-        "-smp", f"{config.vcpus},maxcpus={config.vcpus}",
-        "-S",
-        *(["-xen-domid-restrict"] if restrict else []),
-        *sandbox_args(caps, decision),
-        *runas_args(caps, decision, paths.chroot),
-    ]  # fmt: skip
+    return warnings
