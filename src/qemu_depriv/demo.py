@@ -223,7 +223,7 @@ def vm_walkthrough(launcher: Launcher) -> Iterator[Event]:
         yield Escapee("build", build.uid, tuple(p for p in live_pids_of_uid(build.uid)))
     finally:
         for name in started:
-            record = launcher.stop(name)
+            record, _ = launcher.stop(name)
             assert record.uid is not None  # noqa: S101 - a started VM has a uid
             left = tuple(live_pids_of_uid(record.uid))
             yield Stopped(name, record.uid, left)

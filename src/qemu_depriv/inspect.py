@@ -9,7 +9,7 @@ NoNewPrivs or Seccomp, which are exactly what verification needs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -36,13 +36,74 @@ class ProcStatus:
         return self.state.startswith(("Z", "X"))
 
 
+#: The namespaces a snapshot records, as named in /proc/PID/ns.
+NAMESPACES = ("mnt", "ipc", "net", "pid", "uts", "user")
+#: Rows of /proc/PID/limits, by the names the layer plan uses.
+LIMIT_ROWS = {
+    "Max core file size": "core",
+    "Max file size": "fsize",
+    "Max open files": "nofile",
+    "Max locked memory": "memlock",
+    "Max file locks": "locks",
+    "Max msgqueue size": "msgqueue",
+    "Max processes": "nproc",
+}
+UNLIMITED = -1
+
+
 @dataclass(frozen=True)
 class Snapshot:
-    """What /proc shows of a running process: its status and its root directory."""
+    """What /proc shows of a running process: every layer, as read.
+
+    ``namespaces`` maps a name of :data:`NAMESPACES` to its ``type:[inode]`` link; ``limits``
+    maps a name of :data:`LIMIT_ROWS` to (soft, hard), :data:`UNLIMITED` for unlimited;
+    ``cgroups`` maps each hierarchy's controllers (``memory``, ``pids``, ``""`` for v2) to the
+    process's path in it; ``fds`` is the target of every open descriptor.
+    """
 
     pid: int
     status: ProcStatus
     root: str
+    namespaces: dict[str, str] = field(default_factory=dict)
+    limits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    cgroups: dict[str, str] = field(default_factory=dict)
+    fds: tuple[str, ...] = ()
+
+
+def parse_limits(raw: bytes) -> dict[str, tuple[int, int]]:
+    """Parse ``/proc/PID/limits`` into (soft, hard) per known limit.
+
+    Raises:
+        ValueError: a known row is malformed.
+    """
+    limits = {}
+    for line in raw.decode("utf-8", "replace").splitlines()[1:]:
+        for row, name in LIMIT_ROWS.items():
+            if line.startswith(row):
+                soft, hard = line[len(row) :].split()[:2]
+                limits[name] = (_limit(soft), _limit(hard))
+    return limits
+
+
+def _limit(text: str) -> int:
+    return UNLIMITED if text == "unlimited" else int(text)
+
+
+def parse_cgroup(raw: bytes) -> dict[str, str]:
+    """Parse ``/proc/PID/cgroup``: controllers (comma-joined; ``""`` for v2) to path.
+
+    Raises:
+        ValueError: a line is not ``ID:CONTROLLERS:PATH``.
+    """
+    cgroups = {}
+    for line in raw.decode("utf-8", "replace").splitlines():
+        if not line:
+            continue
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            raise ValueError(f"malformed /proc cgroup line: {line!r}")
+        cgroups[parts[1]] = parts[2]
+    return cgroups
 
 
 def _quad(value: str) -> tuple[int, int, int, int]:
@@ -109,17 +170,42 @@ def start_time(pid: int, proc: Path = Path("/proc")) -> int | None:
         return None
 
 
+def _links(directory: Path) -> dict[str, str]:
+    links = {}
+    for entry in directory.iterdir():
+        try:
+            links[entry.name] = str(entry.readlink())
+        except FileNotFoundError:  # closed meanwhile
+            continue
+    return links
+
+
 def snapshot(pid: int, proc: Path = Path("/proc")) -> Snapshot | None:
-    """Read the layers of ``pid``; None when it exited meanwhile.
+    """Read every layer of ``pid``; None when it exited meanwhile.
 
     Raises:
         ValueError: /proc returned something unparseable.
     """
+    base = proc / str(pid)
     status = read_status(pid, proc)
     if status is None:
         return None
     try:
-        root = str((proc / str(pid) / "root").readlink())
+        namespaces = {n: str((base / "ns" / n).readlink()) for n in NAMESPACES}
+        fds = _links(base / "fd")
+        return Snapshot(
+            pid=pid,
+            status=status,
+            root=str((base / "root").readlink()),
+            namespaces=namespaces,
+            limits=parse_limits((base / "limits").read_bytes()),
+            cgroups=parse_cgroup((base / "cgroup").read_bytes()),
+            fds=tuple(fds[fd] for fd in sorted(fds, key=int)),
+        )
     except (FileNotFoundError, ProcessLookupError):
         return None
-    return Snapshot(pid=pid, status=status, root=root)
+
+
+def own_namespaces(proc: Path = Path("/proc")) -> dict[str, str]:
+    """The calling process's namespaces, to tell a device model's own ones from them."""
+    return {n: str((proc / "self" / "ns" / n).readlink()) for n in NAMESPACES}

@@ -1,57 +1,53 @@
-"""Launch, verify, resume and stop device models (DESIGN.md, "Launch, verify, tear down").
+"""Launch, verify and resume device models; stop them (DESIGN.md, "Launch, verify, tear down").
 
-Launch: lease the domid and name; resolve the account; lease its uid; probe QEMU; build the
-argv; create the run directory (owned by the VM's uid) and an empty chroot; spawn QEMU paused
-in new mount and IPC namespaces with zeroed rlimits; finish a QMP handshake; read /proc and
-compare every field with the plan; only then ``cont``.  Any failure after the lease kills what
-was started, removes what was created and releases the lease.
+Launch: lease the domid and name; resolve the account; lease its uid; probe QEMU; plan every
+isolation layer (:mod:`qemu_depriv.layers`); build the argv; create the run directory (owned by
+the VM's uid), the empty chroot and the cgroup; spawn QEMU paused inside them
+(:mod:`qemu_depriv.jail`); finish a QMP handshake; read /proc and check every planned layer;
+only then ``cont``.  Any failure after the lease kills what was started, removes what was
+created and releases the lease.
 
-Stop: QMP ``quit``, wait, SIGKILL through a pidfd, kill every process of the uid with the
-reaper, check that no live process of the uid is left, remove the directories, release the
-lease.  Nothing the VM can write (its run directory) decides whom to kill: the pid and its
-start time come from the state store.
-
-Device models that exit on their own (guest poweroff, a crash, a kill from outside) are
-cleaned up by :meth:`Launcher.reconcile`, which ``launch`` and ``stop`` run first; ``list``
-shows such VMs as ``exited`` until then.  See docs/qemu-deprivilege.md for why reconciliation
-rather than a per-VM monitor process.
+Stop and reconciliation are :mod:`qemu_depriv.teardown`.  Device models that exit on their
+own (guest poweroff, a crash, a kill from outside) are cleaned up by :meth:`Launcher.reconcile`,
+which ``launch`` and ``stop`` run first; ``list`` shows such VMs as ``exited`` until then.  See
+docs/qemu-deprivilege.md for why reconciliation rather than a per-VM monitor process.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shutil
 import signal
-import time
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from qemu_depriv.domain import DomainConfig
-from qemu_depriv.errors import EnvironmentFailure, InvalidInput, QemuDeprivError
-from qemu_depriv.inspect import Snapshot, snapshot, start_time
-from qemu_depriv.jail import Jail
+from qemu_depriv.cgroups import CgroupHost, VmCgroup
+from qemu_depriv.domain import DOMID_MAX, DOMID_MIN, DomainConfig
+from qemu_depriv.errors import EnvironmentFailure, InvalidInput
+from qemu_depriv.inspect import own_namespaces, snapshot, start_time
+from qemu_depriv.jail import Jail, jail_for
+from qemu_depriv.layers import LayerPlan, check_layers, plan_layers, verification
 from qemu_depriv.nss import AccountLookup
 from qemu_depriv.policy import Decision, Request, Tier, resolve
 from qemu_depriv.process import BASE_ENV, spawn
 from qemu_depriv.procs import is_alive, live_pids_of_uid
-from qemu_depriv.qemu.argv import VmPaths, standalone_argv, standalone_warnings
+from qemu_depriv.qemu.argv import VmPaths, standalone_argv, standalone_warnings, vm_paths
 from qemu_depriv.qemu.caps import CapsProbe
 from qemu_depriv.qemu.qmp import QmpConnection
 from qemu_depriv.qemu.xen import device_model_need, xen_argv, xen_pv_argv
-from qemu_depriv.reaper import kill_uid, signal_pid
+from qemu_depriv.reaper import signal_pid
 from qemu_depriv.settings import Settings
 from qemu_depriv.state import StateStore, VmRecord, current_owner
+from qemu_depriv.teardown import Teardown, recorded_process, wait_until
 
 log = logging.getLogger(__name__)
 
 MODES = ("standalone", "xen")
 #: sun_path is 108 bytes with its terminating NUL.
 SOCKET_PATH_MAX = 107
-_POLL = 0.01
 
 
 @dataclass(frozen=True)
@@ -76,41 +72,8 @@ class Plan:
     decision: Decision
     argv: list[str]
     paths: VmPaths
+    layers: LayerPlan
     warnings: tuple[str, ...] = ()
-
-
-def verify(snap: Snapshot, decision: Decision, chroot: Path) -> dict[str, Any]:
-    """Compare what /proc shows with the plan (pure).
-
-    Raises:
-        EnvironmentFailure: any field differs; the message lists every difference.
-    """
-    status = snap.status
-    want_caps = decision.tier == Tier.ROOT
-    observed = {
-        "uids": list(status.uids),
-        "gids": list(status.gids),
-        "groups": sorted(status.groups),
-        "cap_eff": f"{status.cap_eff:016x}",
-        "root": snap.root,
-    }
-    expected = {
-        "uids": [decision.uid] * 4,
-        "gids": [decision.gid] * 4,
-        "groups": sorted(set(decision.groups)),
-        "cap_eff": None if want_caps else f"{0:016x}",
-        "root": str(chroot),
-    }
-    wrong = [
-        f"{key}: expected {expected[key]}, /proc shows {observed[key]}"
-        for key in observed
-        if expected[key] is not None and observed[key] != expected[key]
-    ]
-    if wrong:
-        raise EnvironmentFailure(
-            f"QEMU pid {snap.pid} does not run as planned ({'; '.join(wrong)}): killed it"
-        )
-    return {"pid": snap.pid, "observed": observed, "ok": True}
 
 
 @dataclass
@@ -118,11 +81,13 @@ class Launcher:
     """Starts and stops device models; every dependency is passed in.
 
     Args:
-        settings: prefix, restrict and the state directory.
+        settings: prefix, restrict, the layers and the state directory.
         lookup: account lookups (real NSS in production).
         store: the state store.
         probe: the QEMU capability probe.
         kvm_works: whether KVM is usable here (asked only when KVM is requested).
+        cgroup_host: where the cgroup controllers live (detected once, when first needed).
+        jail_for: builds the pre-exec restrictions from the layer plan.
     """
 
     settings: Settings
@@ -130,40 +95,44 @@ class Launcher:
     store: StateStore
     probe: CapsProbe
     kvm_works: Callable[[], bool] = field(default=lambda: False)
+    cgroup_host: CgroupHost | None = None
+    jail_for: Callable[[LayerPlan, VmCgroup | None], Jail] = jail_for
 
-    # -- paths ------------------------------------------------------------------------------
+    def _cgroups(self) -> CgroupHost:
+        if self.cgroup_host is None:
+            self.cgroup_host = CgroupHost.detect()
+        return self.cgroup_host
+
+    @property
+    def teardown(self) -> Teardown:
+        """The teardown that ``stop`` and reconciliation use."""
+        return Teardown(self.settings, self.lookup, self.store, self._cgroups)
 
     def paths(self, domid: int) -> VmPaths:
         """Where VM ``domid``'s files live under the state directory."""
-        base = self.settings.state_dir
-        return VmPaths(run_dir=base / "vms" / str(domid), chroot=base / "chroot" / str(domid))
+        return vm_paths(self.settings.state_dir, domid)
 
     # -- planning (no side effects but reading the store) -----------------------------------
 
     def plan(self, request: LaunchRequest, domid: int) -> Plan:
-        """Resolve and build the argv for ``request`` at ``domid``, starting nothing.
+        """Resolve, plan the layers and build the argv for ``request`` at ``domid``.
 
         Raises:
             InvalidInput, PolicyRefusal, EnvironmentFailure: as resolution, the probe and the
                 argv builders do.
         """
-        config = request.config
+        config, layers = request.config, self.settings.layers
         restrict = self._restrict(request)
         if request.mode == "xen" and config.device_model_version == "qemu-xen-traditional":
             raise InvalidInput(
                 f"{config.source}: device_model_version qemu-xen-traditional is not supported: "
                 "it cannot drop privileges; use qemu-xen"
             )
-        if not self.device_model_need(request)[0]:
-            raise InvalidInput(f"{config.source}: {self.device_model_need(request)[1]}")
+        needed, reason = self.device_model_need(request)
+        if not needed:
+            raise InvalidInput(f"{config.source}: {reason}")
         decision = resolve(
-            Request(
-                domid=domid,
-                name=config.name,
-                user=config.device_model_user,
-                restrict=restrict,
-                prefix=self.settings.prefix,
-            ),
+            Request(domid, config.name, config.device_model_user, restrict, self.settings.prefix),
             self.lookup,
         )
         paths = self.paths(domid)
@@ -173,10 +142,16 @@ class Launcher:
                 f"path ({len(str(paths.qmp))} > {SOCKET_PATH_MAX} bytes): use a shorter --state-dir"
             )
         caps = self.probe.probe(self._binary(request))
+        if layers.seccomp and not caps.sandbox:
+            raise EnvironmentFailure(
+                f"QEMU {caps.binary} has no -sandbox, which the seccomp layer needs: install a "
+                "QEMU built with libseccomp, or turn the layer off ([layers] seccomp = false)"
+            )
+        switches = {"restrict": restrict, "chroot": layers.chroot, "seccomp": layers.seccomp}
         warnings: list[str] = []
         if request.mode == "xen":
             build = xen_argv if config.type == "hvm" else xen_pv_argv
-            argv = build(caps, config, decision, paths, domid=domid, restrict=restrict)
+            argv = build(caps, config, decision, paths, domid=domid, **switches)
         else:
             accel = config.accel or request.accel
             if accel == "kvm" and not self.kvm_works():
@@ -184,9 +159,10 @@ class Launcher:
                     "KVM was asked for but does not work here (/dev/kvm missing, or the CPU "
                     "lacks virtualisation): use --accel tcg"
                 )
-            argv = standalone_argv(caps, config, decision, paths, accel=accel, restrict=restrict)
+            argv = standalone_argv(caps, config, decision, paths, accel=accel, **switches)
             warnings = standalone_warnings(config)
-        return Plan(request.mode, domid, decision, argv, paths, tuple(warnings))
+        plan = plan_layers(layers, config, decision, paths, mode=request.mode, domid=domid)
+        return Plan(request.mode, domid, decision, argv, paths, plan, tuple(warnings))
 
     @staticmethod
     def device_model_need(request: LaunchRequest) -> tuple[bool, str]:
@@ -198,7 +174,7 @@ class Launcher:
     def free_domid(self) -> int:
         """The domid a launch without ``--domid`` would get now (for ``--dry-run``)."""
         taken = {vm.domid for vm in self.store.all()} if self.store.exists() else set()
-        return next(d for d in range(1, 32752) if d not in taken)
+        return next(d for d in range(DOMID_MIN, DOMID_MAX + 1) if d not in taken)
 
     def _restrict(self, request: LaunchRequest) -> bool:
         if request.restrict is not None:
@@ -235,33 +211,38 @@ class Launcher:
         domid = self.store.reserve(
             request.config.name, request.domid, mode=request.mode, owner=current_owner()
         )
-        vlog = log.getChild(request.config.name)
-        process: Any = None
+        process: subprocess.Popen[bytes] | None = None
         plan: Plan | None = None
+        cgroup: VmCgroup | None = None
         try:
             plan = self.plan(request, domid)
             decision = plan.decision
-            busy = bool(live_pids_of_uid(decision.uid)) if decision.tier != Tier.ROOT else False
-            self.store.assign(domid, decision, uid_busy=busy)
+            busy = decision.tier != Tier.ROOT and bool(live_pids_of_uid(decision.uid))
+            self.store.assign(domid, decision, uid_busy=busy, layers=plan.layers.as_dict())
             log_fd = self._prepare_dirs(plan)
             try:
+                if plan.layers.cgroup is not None:
+                    cgroup = VmCgroup(self._cgroups(), plan.layers.cgroup.name)
+                    cgroup.create(plan.layers.cgroup)
+                jail = self.jail_for(plan.layers, cgroup)
                 process = spawn(
-                    plan.argv, env=BASE_ENV, stderr_fd=log_fd, before_exec=Jail().before_exec()
-                )
-                started = start_time(process.pid)
+                    jail.wrap(plan.argv), env=BASE_ENV, stderr_fd=log_fd,
+                    before_exec=jail.before_exec(),
+                )  # fmt: skip
+                qemu_pid = self._qemu_pid(process, log_fd, wrapped=jail.pid_namespace)
+                started = start_time(qemu_pid)
                 if started is None:
-                    raise EnvironmentFailure(
-                        f"QEMU exited at once: {self._qemu_said(log_fd, process)}"
-                    )
-                self.store.set_process(domid, process.pid, started)
-                vlog.info("started QEMU pid %d, paused", process.pid)
-                verification = self._verify_and_resume(plan, process, log_fd, request)
+                    raise EnvironmentFailure(f"QEMU exited at once: {_qemu_said(log_fd, process)}")
+                self.store.set_process(domid, qemu_pid, started)
+                log.getChild(request.config.name).info("started QEMU pid %d, paused", qemu_pid)
+                checked = self._verify_and_resume(
+                    plan, process, qemu_pid, cgroup, log_fd, timeout=request.start_timeout
+                )
             finally:
                 os.close(log_fd)
-            self.store.set_running(domid, verification)
-            vlog.info("verified and resumed QEMU pid %d", process.pid)
+            self.store.set_running(domid, checked)
         except BaseException:
-            self._abort(domid, plan, process)
+            self._abort(domid, plan, process, cgroup)
             raise
         record = self.store.get(domid)
         assert record is not None  # noqa: S101 - we hold the lease
@@ -271,9 +252,7 @@ class Launcher:
         decision, paths = plan.decision, plan.paths
         for directory in (paths.run_dir.parent, paths.chroot.parent):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for directory in (paths.run_dir, paths.chroot):
-            if directory.exists():
-                self._remove_dir(directory)
+        self.teardown.remove_dirs(paths)
         paths.run_dir.mkdir(mode=0o700)
         paths.chroot.mkdir(mode=0o000)
         paths.chroot.chmod(0o000)
@@ -282,54 +261,95 @@ class Launcher:
         os.chown(paths.run_dir, decision.uid, decision.gid)
         return log_fd
 
+    @staticmethod
+    def _qemu_pid(process: subprocess.Popen[bytes], log_fd: int, *, wrapped: bool) -> int:
+        """QEMU's pid: the spawned process, or the child of the PID-namespace wrapper."""
+        if not wrapped:
+            return process.pid
+        children = f"/proc/{process.pid}/task/{process.pid}/children"
+        found: list[int] = []
+
+        def child_appeared() -> bool:
+            try:
+                found[:] = [int(p) for p in open(children).read().split()]  # noqa: PTH123, SIM115
+            except FileNotFoundError:
+                return process.poll() is not None
+            return bool(found) or process.poll() is not None
+
+        wait_until(child_appeared, 10.0)
+        if not found:
+            raise EnvironmentFailure(f"QEMU did not start: {_qemu_said(log_fd, process)}")
+        return found[0]
+
     def _verify_and_resume(
-        self, plan: Plan, process: Any, log_fd: int, request: LaunchRequest
+        self,
+        plan: Plan,
+        process: subprocess.Popen[bytes],
+        qemu_pid: int,
+        cgroup: VmCgroup | None,
+        log_fd: int,
+        *,
+        timeout: float,
     ) -> dict[str, Any]:
         with QmpConnection(plan.paths.qmp) as qmp:
             try:
-                qmp.connect(timeout=request.start_timeout, alive=lambda: process.poll() is None)
+                qmp.connect(timeout=timeout, alive=lambda: process.poll() is None)
             except EnvironmentFailure as exc:
                 raise EnvironmentFailure(
-                    f"QEMU for {request.config.name!r} failed to start ({exc.message}): "
-                    f"{self._qemu_said(log_fd, process)}"
+                    f"QEMU failed to start ({exc.message}): {_qemu_said(log_fd, process)}"
                 ) from exc
-            snap = snapshot(process.pid)
+            snap = snapshot(qemu_pid)
             if snap is None:
                 raise EnvironmentFailure(
-                    f"QEMU exited during verification: {self._qemu_said(log_fd, process)}"
+                    f"QEMU exited during verification: {_qemu_said(log_fd, process)}"
                 )
-            verification = verify(snap, plan.decision, plan.paths.chroot)
+            checks = check_layers(
+                plan.layers,
+                snap,
+                host_namespaces=own_namespaces(),
+                cgroup_paths=cgroup.paths_by_controller() if cgroup else None,
+                cgroup_limits=cgroup.limits_read_back() if cgroup else None,
+            )
+            checked = verification(checks, qemu_pid)
             qmp.execute("cont")
-        return verification
+        return checked
 
-    @staticmethod
-    def _qemu_said(log_fd: int, process: Any) -> str:
-        code = process.poll()
-        text = os.pread(log_fd, 4096, 0).decode("utf-8", "replace").strip()
-        status = "still running" if code is None else f"exit {code}"
-        return f"QEMU {status}, stderr: {' | '.join(text.splitlines()[-5:]) or '(empty)'}"
-
-    def _abort(self, domid: int, plan: Plan | None, process: Any) -> None:
+    def _abort(
+        self,
+        domid: int,
+        plan: Plan | None,
+        process: subprocess.Popen[bytes] | None,
+        cgroup: VmCgroup | None,
+    ) -> None:
         """Undo a launch that failed at any step after the lease."""
         try:
+            record = self.store.get(domid)
+            qemu = recorded_process(record) if record is not None else None
+            if qemu is not None:  # QEMU itself, not only its PID-namespace wrapper
+                signal_pid(*qemu, signal.SIGKILL)
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait(timeout=10)
-            record = self.store.get(domid)
+            if cgroup is not None:
+                cgroup.kill()
+            if qemu is not None:
+                wait_until(lambda: not is_alive(*qemu), 5.0)
             if record is not None and record.uid is not None and record.kill_by_uid:
-                self._kill_uid(record.uid)
+                self.teardown.kill_uid(record.uid)
             if plan is not None:
-                self._remove_vm_dirs(plan.paths)
-        except (OSError, QemuDeprivError):
+                self.teardown.remove_dirs(plan.paths)
+            if cgroup is not None:
+                cgroup.remove()
+        except (OSError, EnvironmentFailure):
             # Keep the lease: the uid must not go to another VM while in doubt.
             log.exception("cleaning up after a failed launch of domid %d", domid)
         else:
             self.store.release(domid)
 
-    # -- stop -------------------------------------------------------------------------------
+    # -- stop and reconciliation ------------------------------------------------------------
 
-    def stop(self, key: str, *, timeout: float = 10.0) -> VmRecord:
-        """Tear down the VM named ``key`` (or with domid ``key``) until nothing of it is left.
+    def stop(self, key: str, *, timeout: float = 10.0) -> tuple[VmRecord, list[str]]:
+        """Tear down the VM named ``key`` (or with domid ``key``); return it and any warnings.
 
         Raises:
             InvalidInput: the store knows no such VM.
@@ -341,105 +361,12 @@ class Launcher:
                 f"no VM named or with domid {key!r} in the state store "
                 f"{self.settings.state_dir}: see 'qemu-depriv list'"
             )
-        self._teardown(record, timeout=timeout)
-        return record
-
-    def _teardown(self, record: VmRecord, *, timeout: float) -> None:
-        vlog = log.getChild(record.name)
-        if (process := _process(record)) is not None:
-            pid, started = process
-            if is_alive(pid, started):
-                self._quit(record, timeout=timeout)
-            if is_alive(pid, started):
-                vlog.info("QEMU pid %d ignored quit for %s s: SIGKILL", pid, timeout)
-                signal_pid(pid, started, signal.SIGKILL)
-                _wait_until(lambda: not is_alive(pid, started), 5.0)
-            if is_alive(pid, started):
-                raise EnvironmentFailure(f"QEMU pid {pid} of {record.name!r} survived SIGKILL")
-        if record.uid is not None and record.kill_by_uid:
-            self._kill_uid(record.uid)
-            left = live_pids_of_uid(record.uid)
-            if left:
-                raise EnvironmentFailure(
-                    f"processes of uid {record.uid} survived the teardown of {record.name!r}: "
-                    f"{left[:10]}; the lease is kept so that the uid goes to no other VM"
-                )
-        self._remove_vm_dirs(self.paths(record.domid))
-        self.store.release(record.domid)
-        vlog.info("stopped; nothing of uid %s is left", record.uid)
-
-    def _quit(self, record: VmRecord, *, timeout: float) -> None:
-        process = _process(record)
-        if process is None:
-            return
-        pid, started = process
-        try:
-            with QmpConnection(self.paths(record.domid).qmp) as qmp:
-                qmp.connect(timeout=min(timeout, 2.0), alive=lambda: is_alive(pid, started))
-                qmp.execute("quit", timeout=min(timeout, 2.0))
-        except EnvironmentFailure as exc:
-            # QEMU may close the socket before it answers quit: wait all the same.
-            log.debug("QMP quit to %s: %s", record.name, exc.message)
-        _wait_until(lambda: not is_alive(pid, started), timeout)
-
-    def _kill_uid(self, uid: int) -> None:
-        kill_uid(uid, self._reaper_uid(uid))
-
-    def _reaper_uid(self, vm_uid: int) -> int:
-        """The reaper account's uid, else the range base uid, else the VM's own uid.
-
-        A candidate that owns live processes is passed over: the reaper would kill them.
-        """
-        prefix = self.settings.prefix
-        for name in (f"{prefix}-reaper", f"{prefix}-range-base", f"{prefix}-base"):
-            account = self.lookup.user_by_name(name)
-            if (
-                account is not None
-                and account.uid not in (0, vm_uid)
-                and not live_pids_of_uid(account.uid)
-            ):
-                return account.uid
-        log.warning(
-            "no %s-reaper or range base account owns no processes: killing uid %d with itself "
-            "as the real uid, which its processes could resist; create %s-reaper",
-            prefix,
-            vm_uid,
-            prefix,
-        )
-        return vm_uid
-
-    def _remove_vm_dirs(self, paths: VmPaths) -> None:
-        for directory in (paths.run_dir, paths.chroot):
-            if directory.exists():
-                self._remove_dir(directory)
-
-    def _remove_dir(self, directory: Path) -> None:
-        if directory.parent.name == "chroot":
-            try:
-                directory.rmdir()
-            except OSError as exc:
-                if exc.errno != errno.ENOTEMPTY:
-                    raise
-                self._quarantine(directory)
-            return
-        shutil.rmtree(directory)
-
-    def _quarantine(self, directory: Path) -> None:
-        target = self.settings.state_dir / "quarantine" / f"{directory.name}-{int(time.time())}"
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        directory.rename(target)
-        log.warning(
-            "chroot %s was not empty: moved to %s as evidence (the device model wrote to it)",
-            directory,
-            target,
-        )
-
-    # -- reconciliation ---------------------------------------------------------------------
+        return record, self.teardown.run(record, timeout=timeout)
 
     def status(self, record: VmRecord) -> str:
         """``running``, ``starting``, ``exited`` (QEMU gone) or ``stale`` (launcher gone)."""
         if record.state == "running":
-            process = _process(record)
+            process = recorded_process(record)
             return "running" if process is not None and is_alive(*process) else "exited"
         return "starting" if is_alive(record.owner_pid, record.owner_start) else "stale"
 
@@ -449,25 +376,16 @@ class Launcher:
         for record in self.store.all():
             if self.status(record) in ("exited", "stale"):
                 log.info("cleaning up %s (%s)", record.name, self.status(record))
-                self._teardown(record, timeout=1.0)
+                self.teardown.run(record, timeout=1.0)
                 cleaned.append(record)
         return cleaned
 
 
-def _process(record: VmRecord) -> tuple[int, int] | None:
-    """The recorded QEMU (pid, start time), or None before it was spawned."""
-    if record.pid is None or record.start_time is None:
-        return None
-    return record.pid, record.start_time
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(_POLL)
-    return True
+def _qemu_said(log_fd: int, process: subprocess.Popen[bytes]) -> str:
+    code = process.poll()
+    text = os.pread(log_fd, 4096, 0).decode("utf-8", "replace").strip()
+    status = "still running" if code is None else f"exit {code}"
+    return f"QEMU {status}, stderr: {' | '.join(text.splitlines()[-5:]) or '(empty)'}"
 
 
 def kvm_works() -> bool:

@@ -78,3 +78,22 @@ def bind(source: str, target: str) -> None:
         OSError: the kernel refused.
     """
     mount(source, target, None, MS_BIND)
+
+
+PR_SET_NO_NEW_PRIVS = 38
+_libc.prctl.argtypes = (
+    ctypes.c_int,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+)
+
+
+def set_no_new_privs() -> None:
+    """Forbid this process and its children to gain privileges through execve (prctl(2)).
+
+    Raises:
+        OSError: the kernel refused.
+    """
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")

@@ -6,6 +6,19 @@ The file (``--config FILE``, else ``/etc/qemu-depriv.toml`` when it exists) hold
     restrict = true                # fail closed: never root, never gid 0
     state_dir = "/run/qemu-depriv" # runtime state; dies with the host, as the VMs do
 
+    [layers]                       # every layer is on unless switched off here
+    chroot = true
+    seccomp = true
+    no_new_privs = true
+    namespaces = true              # mount, ipc, pid; net when the VM has no network
+    rlimits = true
+    cgroup = true
+    fds = true
+    memory_overhead_mib = 256      # the cgroup's memory limit is guest RAM plus this
+    pids_max = 256
+    cpu_weight = 100               # 1-10000, as cgroup v2's cpu.weight
+    nofile = 4096
+
 An unknown key is an error rather than a silent default: a typo such as ``restirct = false``
 must not leave the administrator believing a setting took effect.
 """
@@ -13,12 +26,13 @@ must not leave the administrator believing a setting took effect.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from qemu_depriv.domain import validate_prefix
 from qemu_depriv.errors import InvalidInput
+from qemu_depriv.layers import LayerSettings
 from qemu_depriv.policy import DEFAULT_PREFIX
 
 DEFAULT_CONFIG = Path("/etc/qemu-depriv.toml")
@@ -32,6 +46,7 @@ class Settings:
     prefix: str = DEFAULT_PREFIX
     restrict: bool = True
     state_dir: Path = DEFAULT_STATE_DIR
+    layers: LayerSettings = field(default_factory=LayerSettings)
 
     def with_overrides(
         self,
@@ -74,19 +89,34 @@ def load_settings(path: Path | None) -> Settings:
 
 
 def _settings_from(path: Path, data: dict[str, Any]) -> Settings:
-    known = {"prefix": str, "restrict": bool, "state_dir": str}
-    for key, value in data.items():
-        if key not in known:
-            raise InvalidInput(
-                f"config {path}: unknown key {key!r}: the keys are {', '.join(sorted(known))}"
-            )
-        if not isinstance(value, known[key]):
-            raise InvalidInput(
-                f"config {path}: {key} must be a {known[key].__name__}, not {value!r}"
-            )
+    known = {"prefix": str, "restrict": bool, "state_dir": str, "layers": dict}
+    _check_keys(path, data, known)
     settings = Settings()
+    if "layers" in data:
+        layer_types: dict[str, type] = {
+            f.name: bool if f.default in (True, False) else int for f in fields(LayerSettings)
+        }
+        _check_keys(path, data["layers"], layer_types, table="layers.")
+        limits = {k: v for k, v in data["layers"].items() if layer_types[k] is int}
+        for key, value in limits.items():
+            if not 1 <= value <= (10000 if key == "cpu_weight" else 1 << 40):
+                raise InvalidInput(f"config {path}: layers.{key} = {value} is out of range")
+        settings = replace(settings, layers=LayerSettings(**data["layers"]))
     return settings.with_overrides(
         prefix=data.get("prefix"),
         restrict=data.get("restrict"),
         state_dir=Path(data["state_dir"]) if "state_dir" in data else None,
     )
+
+
+def _check_keys(path: Path, data: dict[str, Any], known: dict[str, type], table: str = "") -> None:
+    for key, value in data.items():
+        if key not in known:
+            raise InvalidInput(
+                f"config {path}: unknown key {table}{key}: the keys are {', '.join(sorted(known))}"
+            )
+        kind = known[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise InvalidInput(
+                f"config {path}: {table}{key} must be a {kind.__name__}, not {value!r}"
+            )

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS vms (
     pid INTEGER,
     start_time INTEGER,
     verification TEXT,
+    layers TEXT,
     created REAL NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_vm_per_uid ON vms (uid)
@@ -73,13 +74,14 @@ class VmRecord:
     pid: int | None
     start_time: int | None
     verification: dict[str, Any] | None
+    layers: dict[str, Any] | None
     created: float
 
 
 def _record(row: sqlite3.Row) -> VmRecord:
     values = dict(row)
     values["kill_by_uid"] = bool(values["kill_by_uid"])
-    for key in ("decision", "verification"):
+    for key in ("decision", "verification", "layers"):
         values[key] = json.loads(values[key]) if values[key] else None
     return VmRecord(**values)
 
@@ -118,6 +120,9 @@ class StateStore:
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")
             connection.executescript(SCHEMA)
+            columns = {row["name"] for row in connection.execute("PRAGMA table_info(vms)")}
+            if "layers" not in columns:  # a store written before the layer model
+                connection.execute("ALTER TABLE vms ADD COLUMN layers TEXT")
         except (OSError, sqlite3.Error) as exc:
             raise EnvironmentFailure(
                 f"state store {self.path}: {exc}: check --state-dir (it must be root's)"
@@ -181,7 +186,14 @@ class StateStore:
             )
             return domid
 
-    def assign(self, domid: int, decision: Decision, *, uid_busy: bool) -> None:
+    def assign(
+        self,
+        domid: int,
+        decision: Decision,
+        *,
+        uid_busy: bool,
+        layers: dict[str, Any] | None = None,
+    ) -> None:
         """Record the decision on the lease, claiming its uid.
 
         ``uid_busy`` says whether processes of the uid are alive right now (the caller looks).
@@ -212,7 +224,7 @@ class StateStore:
                 )
             db.execute(
                 "UPDATE vms SET uid = ?, gid = ?, tier = ?, runas = ?, kill_by_uid = ?, "
-                "decision = ? WHERE domid = ?",
+                "decision = ?, layers = ? WHERE domid = ?",
                 (
                     decision.uid,
                     decision.gid,
@@ -220,6 +232,7 @@ class StateStore:
                     decision.runas,
                     int(decision.kill_by_uid),
                     json.dumps(decision.as_dict()),
+                    json.dumps(layers) if layers is not None else None,
                     domid,
                 ),
             )

@@ -47,7 +47,7 @@ def test_qemu_runs_as_the_decisions_uid_with_no_capabilities(vmhost: VmHost) -> 
     assert seen["groups"] == (gid,)
     assert seen["cap_eff"] == 0
     assert seen["root"] == str(vmhost.state_dir / "chroot" / "7")
-    assert vm["verification"]["observed"]["uids"] == [uid] * 4
+    assert vm["verification"]["layers"]["uid"]["observed"] == [uid] * 4
 
 
 def test_the_state_directory_and_database_are_roots_alone(vmhost: VmHost) -> None:

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace, context: Context) -> int:
     )
     decision = resolve(request, LibcLookup())
     if context.as_json:
-        emit_json(decision.as_dict())
+        emit_json({**decision.as_dict(), "layers": context.settings.layers.as_dict()})
     else:
         print("\n".join(describe_decision(decision)))
     return 0

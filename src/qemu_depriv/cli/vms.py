@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ def vm_json(record: VmRecord, launcher: Launcher) -> dict[str, Any]:
         "qmp": str(launcher.paths(record.domid).qmp),
         "state": launcher.status(record),
         "decision": record.decision,
+        "layers": record.layers,
         "verification": record.verification,
     }
 
@@ -89,7 +91,8 @@ def run_launch(args: argparse.Namespace, context: Context) -> int:
         if context.as_json:
             emit_json(
                 {"mode": plan.mode, "domid": plan.domid, "decision": plan.decision.as_dict(),
-                 "argv": plan.argv, "reason": reason, "warnings": list(plan.warnings)}
+                 "argv": plan.argv, "reason": reason, "warnings": list(plan.warnings),
+                 "layers": plan.layers.as_dict()}
             )  # fmt: skip
         else:
             print(f"domid {plan.domid}, mode {plan.mode}: {reason}")
@@ -111,11 +114,14 @@ def run_launch(args: argparse.Namespace, context: Context) -> int:
 def run_stop(args: argparse.Namespace, context: Context) -> int:
     """Stop one VM; exit 0 only when nothing of it is left."""
     launcher = context.launcher()
-    record = launcher.stop(args.vm, timeout=args.timeout)
+    record, warnings = launcher.stop(args.vm, timeout=args.timeout)
+    for warning in warnings:
+        print(f"qemu-depriv: warning: {warning}", file=sys.stderr)
     if context.as_json:
         emit_json(
-            {"name": record.name, "domid": record.domid, "uid": record.uid, "state": "stopped"}
-        )
+            {"name": record.name, "domid": record.domid, "uid": record.uid, "state": "stopped",
+             "warnings": warnings}
+        )  # fmt: skip
     else:
         print(f"{record.name}: stopped; no process of uid {record.uid} is left")
     return 0

@@ -50,6 +50,11 @@ class VmPaths:
         return self.run_dir / "qemu.log"
 
 
+def vm_paths(state_dir: Path, domid: int) -> VmPaths:
+    """Where VM ``domid``'s files live under the state directory."""
+    return VmPaths(run_dir=state_dir / "vms" / str(domid), chroot=state_dir / "chroot" / str(domid))
+
+
 def sandbox_args(caps: QemuCaps, decision: Decision) -> list[str]:
     """Return the ``-sandbox`` option: the strictest that lets QEMU drop its own privileges."""
     if not caps.sandbox:
@@ -65,11 +70,12 @@ def sandbox_args(caps: QemuCaps, decision: Decision) -> list[str]:
     return ["-sandbox", ",".join(["on", *options])]
 
 
-def runas_args(caps: QemuCaps, decision: Decision, chroot: Path) -> list[str]:
+def runas_args(caps: QemuCaps, decision: Decision, chroot: Path | None) -> list[str]:
     """Return the options that chroot QEMU and make it drop to the decision's account.
 
     Each half takes the form the binary offers: ``-run-with chroot=`` else ``-chroot`` (QEMU 9.0
     has the first and ``-runas`` but no longer ``-chroot``); ``-run-with user=`` else ``-runas``.
+    ``chroot`` None means the chroot layer is off.
 
     Raises:
         EnvironmentFailure: the binary cannot chroot, cannot drop privileges, or cannot take
@@ -77,14 +83,17 @@ def runas_args(caps: QemuCaps, decision: Decision, chroot: Path) -> list[str]:
     """
     run_with: list[str] = []
     args: list[str] = []
-    if caps.run_with_chroot:
+    if chroot is None:
+        pass
+    elif caps.run_with_chroot:
         run_with.append(f"chroot={chroot}")
     elif caps.chroot:
         args += ["-chroot", str(chroot)]
     else:
         raise EnvironmentFailure(
             f"QEMU {caps.binary} ({caps.version}) has neither -run-with chroot= nor -chroot: "
-            "it cannot be confined to an empty root; install a QEMU that can"
+            "it cannot be confined to an empty root; install a QEMU that can, or turn the "
+            "chroot layer off"
         )
     if decision.runas is not None:
         if caps.run_with_user:
@@ -144,6 +153,8 @@ def standalone_argv(
     *,
     accel: str = "tcg",
     restrict: bool = True,
+    chroot: bool = True,
+    seccomp: bool = True,
 ) -> list[str]:
     """QEMU runs the VM itself: a PC with TCG (or KVM), no default devices, no display.
 
@@ -186,8 +197,8 @@ def standalone_argv(
         *_qmp(paths),
         *config.device_model_args,
         *config.device_model_args_hvm,
-        *sandbox_args(caps, decision),
-        *runas_args(caps, decision, paths.chroot),
+        *(sandbox_args(caps, decision) if seccomp else []),
+        *runas_args(caps, decision, paths.chroot if chroot else None),
     ]  # fmt: skip
 
 

@@ -55,6 +55,8 @@ def xen_argv(
     *,
     domid: int,
     restrict: bool,
+    chroot: bool = True,
+    seccomp: bool = True,
 ) -> list[str]:
     """The device model of a Xen HVM domain, in libxl's order.
 
@@ -92,8 +94,8 @@ def xen_argv(
         *config.device_model_args_hvm,
         "-m", str(config.max_memory - config.video_memory),
         *disks,
-        *sandbox_args(caps, decision),
-        *runas_args(caps, decision, paths.chroot),
+        *(sandbox_args(caps, decision) if seccomp else []),
+        *runas_args(caps, decision, paths.chroot if chroot else None),
     ]  # fmt: skip
 
 
@@ -119,6 +121,8 @@ def xen_pv_argv(
     *,
     domid: int,
     restrict: bool,
+    chroot: bool = True,
+    seccomp: bool = True,
 ) -> list[str]:
     """The device model of a PV or PVH domain that needs one (a qdisk, vfb, 9pfs ... backend).
 
@@ -144,8 +148,8 @@ def xen_pv_argv(
         *config.device_model_args,
         "-machine", "xenpv",
         "-m", str(config.max_memory),
-        *sandbox_args(caps, decision),
-        *runas_args(caps, decision, paths.chroot),
+        *(sandbox_args(caps, decision) if seccomp else []),
+        *runas_args(caps, decision, paths.chroot if chroot else None),
     ]  # fmt: skip
 
 
