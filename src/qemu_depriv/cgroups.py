@@ -144,6 +144,12 @@ class VmCgroup:
             if self._is_v2(directory):
                 self._enable_v2_controllers(parent)
             directory.mkdir(mode=0o755, exist_ok=True)
+        if busy := self.members():
+            raise EnvironmentFailure(
+                f"cgroup {PARENT}/{self.name} already holds processes {sorted(busy)[:5]}: "
+                "another qemu-depriv (another state directory) runs a VM of this domid and "
+                "name; stop it first"
+            )
         self._limit("memory", "memory.max", "memory.limit_in_bytes", str(plan.memory_bytes))
         self._limit("pids", "pids.max", "pids.max", str(plan.pids_max))
         shares = max(2, plan.cpu_weight * 1024 // 100)
