@@ -71,3 +71,19 @@ golden: deps
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# Benchmarks (as root; bench/README.md): installs libvirt (the baseline of two of them),
+# matplotlib and pyinstrument, runs every benchmark and writes bench/results/.
+BENCH_APT_PACKAGES := libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+BENCH_PIP_PACKAGES := matplotlib pyinstrument
+
+.PHONY: bench
+bench: $(VENV_STAMP)
+	@missing=$$(for p in $(BENCH_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	$(BIN)/pip install -q $(BENCH_PIP_PACKAGES)
+	$(BIN)/python -m bench

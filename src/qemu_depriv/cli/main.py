@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from qemu_depriv import __version__
-from qemu_depriv.cli import demo, hostsetup, resolve, vms
+from qemu_depriv.cli import audit, demo, hostsetup, resolve, vms
 from qemu_depriv.cli.context import Context
 from qemu_depriv.cli.output import report_error
 from qemu_depriv.errors import InvalidInput, QemuDeprivError
@@ -23,7 +23,7 @@ from qemu_depriv.settings import load_settings
 
 log = logging.getLogger("qemu_depriv")
 
-SUBCOMMANDS = (resolve, vms, hostsetup, demo)
+SUBCOMMANDS = (resolve, vms, audit, hostsetup, demo)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,115 @@
+"""``qemu-depriv audit``: every QEMU on the host, what it lacks, and monitoring output."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+from qemu_depriv.audit import (
+    CODES,
+    Audited,
+    findings_for,
+    host_namespaces,
+    observe,
+    qemu_pids,
+    summary,
+)
+from qemu_depriv.cgroups import CgroupHost
+from qemu_depriv.cli.context import Commands, Context
+from qemu_depriv.cli.output import emit_json
+from qemu_depriv.errors import InvalidInput
+from qemu_depriv.nss import LibcLookup
+from qemu_depriv.state import StateStore
+
+WIDTH = 80
+
+
+def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
+    """Register the subcommand."""
+    parser = commands.add_parser(
+        "audit", parents=[parent], help="inspect every QEMU process on the host, ours or not"
+    )
+    parser.add_argument(
+        "--prometheus", type=Path, metavar="FILE", help="also write node-exporter textfile metrics"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, context: Context) -> int:
+    """Audit, print, export; exit 1 when any finding is a warning or worse."""
+    if args.prometheus is not None and not args.prometheus.parent.is_dir():
+        raise InvalidInput(
+            f"--prometheus {args.prometheus}: {args.prometheus.parent} is no directory"
+        )
+    store = StateStore(context.settings.state_dir)
+    records = store.all() if store.exists() else []
+    placement = CgroupHost.detect().placement()
+    lookup = LibcLookup()
+
+    def cgroup_root(controller: str) -> Path | None:
+        return placement[controller][1] if controller in placement else None
+
+    observed = [o for pid in qemu_pids() if (o := observe(pid, lookup, cgroup_root)) is not None]
+    audited = findings_for(
+        observed, records, state_dir=context.settings.state_dir, host_namespaces=host_namespaces()
+    )
+    report = summary(audited)
+    if args.prometheus is not None:
+        _export(args.prometheus, audited, report)
+    if context.as_json:
+        emit_json({"processes": [a.as_dict() for a in audited], "summary": report})
+    else:
+        _table(audited, report)
+    return 0 if report["ok"] else 1
+
+
+def _table(audited: list[Audited], report: dict[str, object]) -> None:
+    """Every finding, worst first, each with its fix wrapped under it; clean processes last."""
+    print(f"{'SEVERITY':<9} {'CODE':<15} {'PID':>7} {'UID':>10}  VM / USER")
+    rows = sorted(
+        ((finding, entry) for entry in audited for finding in entry.findings),
+        key=lambda row: (-row[0].severity, row[0].code, row[1].observed.snap.pid),
+    )
+    for finding, entry in rows:
+        print(f"{finding.severity!s:<9} {finding.code:<15} {_where(entry)}"[:WIDTH])
+        for line in textwrap.wrap(finding.message, WIDTH - 10):
+            print(f"{'':<10}{line}")
+    for entry in audited:
+        if not entry.findings:
+            print(f"{'ok':<9} {'':<15} {_where(entry)}"[:WIDTH])
+    models, ours, worst = report["device_models"], report["ours"], report["worst"]
+    print(f"{models} device model(s), {ours} ours; worst: {worst}")
+
+
+def _where(entry: Audited) -> str:
+    snap = entry.observed.snap
+    who = entry.vm or entry.observed.user or "-"
+    return f"{snap.pid:>7} {snap.status.uids[1]:>10}  {who}"
+
+
+def _export(path: Path, audited: list[Audited], report: dict[str, object]) -> None:
+    """Node-exporter textfile format, written atomically by prometheus_client."""
+    registry = CollectorRegistry()
+    models = Gauge(
+        "qemu_depriv_device_models", "QEMU processes on the host", ["ours"], registry=registry
+    )
+    models.labels(ours="true").set(sum(a.ours for a in audited))
+    models.labels(ours="false").set(sum(not a.ours for a in audited))
+    findings = Gauge(
+        "qemu_depriv_findings", "Audit findings by code", ["code", "severity"], registry=registry
+    )
+    for code, (severity, _) in CODES.items():
+        count = sum(f.code == code for a in audited for f in a.findings)
+        findings.labels(code=code, severity=str(severity)).set(count)
+    root = Gauge(
+        "qemu_depriv_device_models_as_root", "QEMU processes with a uid of 0", registry=registry
+    )
+    root.set(sum(0 in a.observed.snap.status.uids for a in audited))
+    ok = Gauge("qemu_depriv_audit_ok", "1 when no finding is a warning or worse", registry=registry)
+    ok.set(1 if report["ok"] else 0)
+    when = Gauge("qemu_depriv_audit_timestamp_seconds", "When the audit ran", registry=registry)
+    when.set_to_current_time()
+    write_to_textfile(str(path), registry)

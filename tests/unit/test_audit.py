@@ -1,0 +1,98 @@
+"""Audit findings, a pure function of snapshots, accounts and records."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from qemu_depriv.audit import CODES, Observed, Severity, findings_for, summary
+from qemu_depriv.inspect import Snapshot, parse_cgroup, parse_limits, parse_status
+from qemu_depriv.state import VmRecord
+
+SAMPLES = Path(__file__).parent / "samples"
+STATE = Path("/run/qemu-depriv")
+HOST_NS = {"mnt": "mnt:[1]", "ipc": "ipc:[2]", "pid": "pid:[3]", "net": "net:[4]"}
+JAILED = parse_status((SAMPLES / "qemu-jailed-status.txt").read_bytes())
+UID = JAILED.uids[1]
+
+
+def observed(pid: int = 100, *, ours: int | None = 1, **status: Any) -> Observed:
+    snap = Snapshot(
+        pid=pid,
+        status=replace(JAILED, **status),
+        root="/run/qemu-depriv/chroot/1",
+        namespaces={"mnt": "mnt:[11]", "ipc": "ipc:[12]", "pid": "pid:[13]", "net": "net:[14]"},
+        limits=parse_limits((SAMPLES / "qemu-jailed-limits.txt").read_bytes()),
+        cgroups=parse_cgroup((SAMPLES / "qemu-jailed-cgroup.txt").read_bytes()),
+    )
+    qmp = f"unix:{STATE}/vms/{ours}/qmp.sock,server=on,wait=off" if ours else "unix:/x.sock"
+    return Observed(snap, 555, ("qemu-system-x86_64", "-qmp", qmp), None, None, True, True)
+
+
+def record(domid: int = 1, pid: int = 100, uid: int = UID) -> VmRecord:
+    return VmRecord(
+        domid=domid, name=f"vm{domid}", mode="standalone", state="running", owner_pid=1,
+        owner_start=1, uid=uid, gid=JAILED.gids[1], tier="range", runas=None, kill_by_uid=True,
+        decision=None, pid=pid, start_time=555, verification=None, layers=None,
+        created=time.time(),
+    )  # fmt: skip
+
+
+def codes(processes: list[Observed], records: list[VmRecord]) -> list[list[str]]:
+    audited = findings_for(processes, records, state_dir=STATE, host_namespaces=HOST_NS)
+    return [sorted(f.code for f in entry.findings) for entry in audited]
+
+
+def test_a_fully_jailed_device_model_of_ours_has_no_finding() -> None:
+    audited = findings_for([observed()], [record()], state_dir=STATE, host_namespaces=HOST_NS)
+    assert [a.findings for a in audited] == [()]
+    assert audited[0].ours
+    assert audited[0].vm == "vm1"
+    assert summary(audited)["ok"]
+
+
+def test_a_root_qemu_is_critical_twice() -> None:
+    root = observed(uids=(0, 0, 0, 0), gids=(0, 0, 0, 0), cap_eff=0x1FF, cap_prm=0x1FF, ours=None)
+    assert codes([root], []) == [["caps", "not-ours", "uid-root"]]
+    assert not summary(findings_for([root], [], state_dir=STATE, host_namespaces=HOST_NS))["ok"]
+
+
+def test_two_device_models_with_one_uid_are_shared() -> None:
+    assert codes([observed(1, ours=None), observed(2, ours=None)], []) == [
+        ["not-ours", "uid-shared"], ["not-ours", "uid-shared"],
+    ]  # fmt: skip
+
+
+def test_an_account_with_a_login_shell_is_human() -> None:
+    human = replace(observed(ours=None), user="alice", shell="/bin/bash")  # noqa: S604 - passwd field
+    assert "uid-human" in codes([human], [])[0]
+    service = replace(observed(ours=None), user="qemu", shell="/usr/sbin/nologin")  # noqa: S604
+    assert "uid-human" not in codes([service], [])[0]
+
+
+def test_missing_layers_are_warnings() -> None:
+    bare = observed(ours=None, seccomp=0)
+    bare = replace(
+        bare,
+        snap=replace(bare.snap, root="/", namespaces=HOST_NS, limits={"core": (-1, -1)}),
+        memory_limited=False,
+    )
+    assert codes([bare], []) == [
+        ["no-chroot", "no-limits", "no-namespaces", "no-seccomp", "not-ours"]
+    ]
+
+
+def test_ours_but_not_as_recorded_is_a_lease_mismatch() -> None:
+    assert codes([observed()], [record(uid=UID + 1)]) == [["lease-mismatch"]]
+    assert codes([observed()], [record(pid=999)]) == [["lease-mismatch"]]
+    assert codes([observed(ours=7)], [record()]) == [["lease-mismatch"]]  # no lease at all
+
+
+def test_worst_processes_come_first_and_every_code_has_a_fix() -> None:
+    root = observed(5, ours=None, uids=(0, 0, 0, 0), cap_eff=1)
+    audited = findings_for([observed(), root], [record()], state_dir=STATE, host_namespaces=HOST_NS)
+    assert [a.observed.snap.pid for a in audited] == [5, 100]
+    assert audited[0].worst == Severity.CRITICAL
+    assert all(fix for _, fix in CODES.values())
