@@ -16,11 +16,12 @@ VENV_STAMP := $(VENV)/.installed
 # The example domain configs Xen ships (xen-utils-common): unpacked for the tests, not installed.
 XEN_EXAMPLES := $(VENV)/xen-examples/etc/xen/xlexample.hvm
 
-.PHONY: help demo test lint unit golden deps clean
+.PHONY: help demo test quick faults lint unit golden deps clean
 
 help:
 	@echo "make demo   install what is missing, then run the demo (as root)"
 	@echo "make test   install what is missing, then run ruff, mypy and pytest (as root)"
+	@echo "make quick  the same without the faults suite; make faults runs only that suite"
 
 $(SYSTEM_STAMP):
 	@if [ "$$(id -u)" != 0 ]; then echo "make: run as root (it installs Debian packages and uses namespaces)" >&2; exit 1; fi
@@ -59,8 +60,17 @@ lint: deps
 	$(BIN)/mypy
 
 # pytest exits 5 when it collects no test: make treats that as a failure, as it should.
+# make test runs everything, the faults suite included (a few minutes): it is what CI runs.
 test: lint
 	$(BIN)/pytest
+
+# Everything but the faults suite, for quick iterations.
+quick: lint
+	$(BIN)/pytest -m "not faults"
+
+# Crashes, races, NSS outages, escapes, hostile input and endurance (tests/faults).
+faults: deps
+	$(BIN)/pytest tests/faults
 
 unit: deps
 	$(BIN)/pytest tests/unit

@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ from qemu_depriv.qemu.caps import CapsProbe
 from qemu_depriv.qemu.qmp import QmpConnection
 from qemu_depriv.qemu.xen import device_model_need, xen_argv, xen_pv_argv
 from qemu_depriv.reaper import signal_pid
+from qemu_depriv.recovery import RecoveryReport, recover_orphans
 from qemu_depriv.settings import Settings
 from qemu_depriv.state import StateStore, VmRecord, current_owner
 from qemu_depriv.teardown import Teardown, recorded_process, wait_until
@@ -348,12 +350,18 @@ class Launcher:
 
     # -- stop and reconciliation ------------------------------------------------------------
 
-    def stop(self, key: str, *, timeout: float = 10.0) -> tuple[VmRecord, list[str]]:
+    def stop(
+        self, key: str, *, timeout: float = 10.0, wait: float = 60.0
+    ) -> tuple[VmRecord, list[str]]:
         """Tear down the VM named ``key`` (or with domid ``key``); return it and any warnings.
+
+        A VM that another live process is starting or stopping is waited for (``wait``
+        seconds at most); one that another stop removed meanwhile counts as stopped.
 
         Raises:
             InvalidInput: the store knows no such VM.
-            EnvironmentFailure: something of the VM survived; the lease is kept.
+            EnvironmentFailure: something of the VM survived (the lease is kept), or the
+                other process did not finish within ``wait`` seconds.
         """
         record = self.store.find(key)
         if record is None:
@@ -361,23 +369,52 @@ class Launcher:
                 f"no VM named or with domid {key!r} in the state store "
                 f"{self.settings.state_dir}: see 'qemu-depriv list'"
             )
-        return record, self.teardown.run(record, timeout=timeout)
+        deadline = time.monotonic() + wait
+        while True:
+            current = self.store.get(record.domid)
+            if current is None or current.name != record.name:
+                return record, []  # another stop finished it
+            if self.status(current) in ("starting", "stopping"):
+                if time.monotonic() > deadline:
+                    doing = {"starting": "started", "stopping": "stopped"}[self.status(current)]
+                    raise EnvironmentFailure(
+                        f"{record.name} is still being {doing} by pid {current.owner_pid} "
+                        f"after {wait} s: try again"
+                    )
+                time.sleep(0.05)
+                continue
+            claimed = self.store.claim(current, state="stopping", owner=current_owner())
+            if claimed is not None:
+                return claimed, self.teardown.run(claimed, timeout=timeout)
 
     def status(self, record: VmRecord) -> str:
-        """``running``, ``starting``, ``exited`` (QEMU gone) or ``stale`` (launcher gone)."""
+        """``running``, ``exited`` (QEMU gone), ``starting``, ``stopping``, or ``stale``.
+
+        ``stale`` is a row whose launcher or stopper died mid-way.
+        """
         if record.state == "running":
             process = recorded_process(record)
             return "running" if process is not None and is_alive(*process) else "exited"
-        return "starting" if is_alive(record.owner_pid, record.owner_start) else "stale"
+        return record.state if is_alive(record.owner_pid, record.owner_start) else "stale"
+
+    def recover(self) -> RecoveryReport:
+        """Reconcile, then clean up what a crash left without a lease (see recovery.py)."""
+        report = RecoveryReport(torn_down=[r.name for r in self.reconcile()])
+        recover_orphans(self.teardown, report)
+        return report
 
     def reconcile(self) -> list[VmRecord]:
-        """Tear down every VM whose QEMU exited or whose launcher died mid-launch."""
+        """Tear down every VM whose QEMU exited or whose launcher or stopper died mid-way."""
         cleaned = []
         for record in self.store.all():
-            if self.status(record) in ("exited", "stale"):
-                log.info("cleaning up %s (%s)", record.name, self.status(record))
-                self.teardown.run(record, timeout=1.0)
-                cleaned.append(record)
+            if self.status(record) not in ("exited", "stale"):
+                continue
+            claimed = self.store.claim(record, state="stopping", owner=current_owner())
+            if claimed is None:
+                continue  # another process is on it
+            log.info("cleaning up %s (%s)", record.name, self.status(record))
+            self.teardown.run(claimed, timeout=1.0)
+            cleaned.append(record)
         return cleaned
 
 

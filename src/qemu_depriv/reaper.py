@@ -10,14 +10,23 @@ pid would race with processes that fork or exit meanwhile.
 
 Zombies answer ``kill`` but run nothing; PID 1 reaps them on its own schedule, so the loop
 ends when no *live* process of the uid is left.
+
+Two reapers at once would kill each other: both have the reaper's real uid, which each one's
+``kill(-1)`` reaches.  So reapers take a host-wide lock (every qemu-depriv on the host, whatever
+its state directory), and a reaper killed anyway is run again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import logging
 import os
 import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 from qemu_depriv.errors import EnvironmentFailure
 from qemu_depriv.inspect import start_time
@@ -27,6 +36,10 @@ log = logging.getLogger(__name__)
 
 #: Rounds of kill(-1) before giving up; each round kills everything alive at that moment.
 MAX_ROUNDS = 1000
+#: Times a reaper killed by another one (on another host's state directory) is run again.
+RETRIES = 5
+#: Host-wide: reapers of every state directory must not run at once.
+REAPER_LOCK = Path("/run/lock/qemu-depriv-reaper.lock")
 _FAILED_SETUID = 2
 _NOT_EMPTY = 3
 
@@ -44,17 +57,34 @@ def _reap_in_child(vm_uid: int, reaper_uid: int) -> int:
     return _NOT_EMPTY
 
 
-def kill_uid(vm_uid: int, reaper_uid: int) -> None:
+def kill_uid(vm_uid: int, reaper_uid: int, *, lock: Path = REAPER_LOCK) -> None:
     """Kill every process of ``vm_uid``.
 
     Raises:
         EnvironmentFailure: either uid is 0, the two are equal, the child could not switch
-            uids, or processes survived every round.
+            uids, the lock stayed taken, or processes survived every round.
     """
     if 0 in (vm_uid, reaper_uid) or vm_uid == reaper_uid:
         raise EnvironmentFailure(
             f"refusing to kill by uid with vm uid {vm_uid} and reaper uid {reaper_uid}"
         )
+    with _host_lock(lock):
+        for _ in range(RETRIES):
+            code = _reap(vm_uid, reaper_uid)
+            if code != -signal.SIGKILL:
+                break
+            log.warning("the reaper for uid %d was killed; running it again", vm_uid)
+    if code == _FAILED_SETUID:
+        raise EnvironmentFailure(f"the reaper for uid {vm_uid} could not switch to it")
+    if code != 0:
+        raise EnvironmentFailure(
+            f"processes of uid {vm_uid} survived {MAX_ROUNDS} rounds of SIGKILL "
+            f"(reaper exit {code}): see 'ps -u {vm_uid}'"
+        )
+    log.debug("killed every process of uid %d (reaper uid %d)", vm_uid, reaper_uid)
+
+
+def _reap(vm_uid: int, reaper_uid: int) -> int:
     pid = os.fork()
     if pid == 0:  # the child: no Python cleanup, no return into the caller's code
         code = _FAILED_SETUID
@@ -65,15 +95,29 @@ def kill_uid(vm_uid: int, reaper_uid: int) -> None:
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code == _FAILED_SETUID:
-        raise EnvironmentFailure(f"the reaper for uid {vm_uid} could not switch to it")
-    if code != 0:
-        raise EnvironmentFailure(
-            f"processes of uid {vm_uid} survived {MAX_ROUNDS} rounds of SIGKILL "
-            f"(reaper exit {code}): see 'ps -u {vm_uid}'"
-        )
-    log.debug("killed every process of uid %d (reaper uid %d)", vm_uid, reaper_uid)
+    return os.waitstatus_to_exitcode(status)
+
+
+@contextlib.contextmanager
+def _host_lock(path: Path, timeout: float = 30.0) -> Iterator[None]:
+    """An exclusive flock on ``path``, waited for at most ``timeout`` seconds."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise EnvironmentFailure(
+                        f"the reaper lock {path} stayed taken for {timeout} s: another "
+                        "qemu-depriv is stuck killing processes; try again"
+                    ) from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def signal_pid(pid: int, started: int, signum: int) -> bool:

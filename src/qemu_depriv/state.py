@@ -6,9 +6,13 @@ the domid and name (before the uid is known, since resolution needs the domid), 
 :meth:`assign` claims the uid.  A partial unique index backs the rule that two VMs of a
 non-shared tier never hold one uid; :meth:`assign` also keeps shared and non-shared VMs apart.
 
-Each row records the launcher that holds it (pid and start time), so that a lease left by a
-launcher that died can be told from one still being set up.  Lock waits are bounded: a busy
-store is an :class:`~qemu_depriv.errors.EnvironmentFailure` (exit 4), never a hang.
+A row is ``starting`` while a launcher sets the VM up, ``running`` once it is verified, and
+``stopping`` while a teardown runs; each change is a compare-and-set (:meth:`claim`) in one
+transaction, so that two processes never tear one VM down at once, and a stop never pulls a VM
+from under the launcher that is still starting it.  Each row records the process acting on it
+(pid and start time), so that a row left by a process that died can be told from one in hand.
+Lock waits are bounded: a busy store is an :class:`~qemu_depriv.errors.EnvironmentFailure`
+(exit 4), never a hang.
 
 The directory and the database are root's alone (0700 and 0600).
 """
@@ -35,7 +39,7 @@ CREATE TABLE IF NOT EXISTS vms (
     domid INTEGER PRIMARY KEY CHECK (domid BETWEEN 1 AND 32751),
     name TEXT NOT NULL UNIQUE,
     mode TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('starting', 'running')),
+    state TEXT NOT NULL CHECK (state IN ('starting', 'running', 'stopping')),
     owner_pid INTEGER NOT NULL,
     owner_start INTEGER NOT NULL,
     uid INTEGER,
@@ -76,6 +80,21 @@ class VmRecord:
     verification: dict[str, Any] | None
     layers: dict[str, Any] | None
     created: float
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    """Bring a store written by an earlier version up to this schema."""
+    columns = {row["name"] for row in connection.execute("PRAGMA table_info(vms)")}
+    if "layers" not in columns:  # before the layer model
+        connection.execute("ALTER TABLE vms ADD COLUMN layers TEXT")
+    (sql,) = connection.execute("SELECT sql FROM sqlite_master WHERE name = 'vms'").fetchone()
+    if "'stopping'" not in sql:  # before the stopping state: rebuild with the new CHECK
+        names = ", ".join(sorted(columns | {"layers"}))  # the table's own column names
+        copy = f"INSERT INTO vms ({names}) SELECT {names} FROM vms_old;"  # noqa: S608 - not input
+        connection.executescript(
+            "BEGIN IMMEDIATE; ALTER TABLE vms RENAME TO vms_old; DROP INDEX one_vm_per_uid;"
+            f"{SCHEMA} {copy} DROP TABLE vms_old; COMMIT;"
+        )
 
 
 def _record(row: sqlite3.Row) -> VmRecord:
@@ -120,9 +139,7 @@ class StateStore:
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")
             connection.executescript(SCHEMA)
-            columns = {row["name"] for row in connection.execute("PRAGMA table_info(vms)")}
-            if "layers" not in columns:  # a store written before the layer model
-                connection.execute("ALTER TABLE vms ADD COLUMN layers TEXT")
+            _migrate(connection)
         except (OSError, sqlite3.Error) as exc:
             raise EnvironmentFailure(
                 f"state store {self.path}: {exc}: check --state-dir (it must be root's)"
@@ -243,6 +260,21 @@ class StateStore:
             db.execute(
                 "UPDATE vms SET pid = ?, start_time = ? WHERE domid = ?", (pid, start_time, domid)
             )
+
+    def claim(self, record: VmRecord, *, state: str, owner: tuple[int, int]) -> VmRecord | None:
+        """Move ``record`` to ``state`` with ``owner`` acting, if nobody changed it meanwhile.
+
+        Returns the updated record, or None when the row is gone or no longer as ``record``
+        says (its state or acting process changed): someone else is acting on it.
+        """
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE vms SET state = ?, owner_pid = ?, owner_start = ? "
+                "WHERE domid = ? AND state = ? AND owner_pid = ? AND owner_start = ?",
+                (state, owner[0], owner[1], record.domid, record.state, record.owner_pid,
+                 record.owner_start),
+            ).rowcount  # fmt: skip
+        return self.get(record.domid) if changed else None
 
     def set_running(self, domid: int, verification: dict[str, Any]) -> None:
         """Mark a VM verified and running."""

@@ -13,6 +13,7 @@ quarantine directory and reported, not deleted.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import shutil
@@ -69,6 +70,9 @@ class Teardown:
 
     def run(self, record: VmRecord, *, timeout: float) -> list[str]:
         """Tear ``record``'s VM down; return warnings (a quarantined chroot).
+
+        The caller holds the row (it claimed it as ``stopping``, or it is the launcher whose
+        launch failed), so nobody else acts on this VM meanwhile.
 
         Raises:
             EnvironmentFailure: something of the VM survived; the lease is kept.
@@ -145,15 +149,16 @@ class Teardown:
     def remove_dirs(self, paths: VmPaths) -> list[str]:
         """Remove the run directory and the chroot; return warnings for a quarantined chroot."""
         warnings = []
-        if paths.run_dir.exists():
+        with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(paths.run_dir)
-        if paths.chroot.exists():
-            try:
-                paths.chroot.rmdir()
-            except OSError as exc:
-                if exc.errno != errno.ENOTEMPTY:
-                    raise
-                warnings.append(self._quarantine(paths.chroot))
+        try:
+            paths.chroot.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY:
+                raise
+            warnings.append(self._quarantine(paths.chroot))
         return warnings
 
     def _quarantine(self, directory: Path) -> str:

@@ -63,18 +63,19 @@ def cli(tmp_path: Path) -> Cli:
 
 @pytest.fixture(scope="session")
 def failing_nss_modules(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Build libnss_qdunavail.so.2 and libnss_qdagain.so.2; return their directory."""
+    """Build libnss_qdunavail.so.2, libnss_qdagain.so.2 and libnss_qdsel.so.2; return the dir."""
     out = tmp_path_factory.mktemp("nss")
     source = HERE / "nss_failing.c"
     gcc = shutil.which("gcc")
     assert gcc, "gcc is missing: 'make test' installs it (Debian package gcc)"
-    for module, status, err in (
-        ("qdunavail", "NSS_STATUS_UNAVAIL", "EIO"),
-        ("qdagain", "NSS_STATUS_TRYAGAIN", "EAGAIN"),
+    for module, status, err, extra in (
+        ("qdunavail", "NSS_STATUS_UNAVAIL", "EIO", []),
+        ("qdagain", "NSS_STATUS_TRYAGAIN", "EAGAIN", []),
+        ("qdsel", "NSS_STATUS_UNAVAIL", "EIO", ["-DSELECTIVE"]),
     ):
         subprocess.run(
             [
-                gcc, "-shared", "-fPIC", "-O2", "-Wall", "-Werror",
+                gcc, "-shared", "-fPIC", "-O2", "-Wall", "-Werror", *extra,
                 f"-DMODULE={module}", f"-DSTATUS={status}", f"-DERR={err}",
                 "-o", str(out / f"libnss_{module}.so.2"), str(source),
             ],

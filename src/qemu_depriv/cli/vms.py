@@ -12,6 +12,7 @@ from qemu_depriv.cli.context import Commands, Context
 from qemu_depriv.cli.output import describe_decision, emit_json
 from qemu_depriv.domain import validate_domid
 from qemu_depriv.launcher import MODES, Launcher, LaunchRequest
+from qemu_depriv.recovery import RecoveryReport
 from qemu_depriv.state import VmRecord
 from qemu_depriv.xlcfg import load_domain
 
@@ -43,6 +44,11 @@ def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
 
     listing = commands.add_parser("list", parents=[parent], help="the VMs in the state store")
     listing.set_defaults(run=run_list)
+
+    recover = commands.add_parser(
+        "recover", parents=[parent], help="after a crash: tear down what is not running as leased"
+    )
+    recover.set_defaults(run=run_recover)
 
 
 def vm_json(record: VmRecord, launcher: Launcher) -> dict[str, Any]:
@@ -140,5 +146,21 @@ def run_list(_args: argparse.Namespace, context: Context) -> int:
             f"{record.domid:>5}  {record.name:<20} {launcher.status(record):<9} "
             f"{record.pid or '-':>7} {record.uid if record.uid is not None else '-':>10}  "
             f"{record.tier or '-'}"
+        )
+    return 0
+
+
+def run_recover(_args: argparse.Namespace, context: Context) -> int:
+    """Reconcile the store with the host; exit 0 when done."""
+    launcher = context.launcher()
+    report = launcher.recover() if launcher.store.exists() else RecoveryReport()
+    for warning in report.warnings:
+        print(f"qemu-depriv: warning: {warning}", file=sys.stderr)
+    if context.as_json:
+        emit_json(report.as_dict())
+    else:
+        print(
+            f"torn down: {', '.join(report.torn_down) or 'none'}; orphan QEMUs killed: "
+            f"{len(report.orphans_killed)}; directories removed: {len(report.directories_removed)}"
         )
     return 0

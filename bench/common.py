@@ -1,0 +1,244 @@
+"""What every benchmark shares: its ids, scratch accounts, statistics, process checks, output.
+
+The ids are the benchmark's own block, away from the tests' and the demo's: the range base
+account ``xen-qemuuser-range-base`` (uid and gid 393216, so a VM of domid N runs as 393216+N)
+and the reaper (uid 392000).  Every other account a benchmark needs gets a uid inside the
+range block, above any domid or raw-QEMU slot used here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qemu_depriv.scratch import enter_scratch_accounts, write_scratch_accounts
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+PREFIX = "xen-qemuuser"
+RANGE_BASE = 393216
+BLOCK = 65536
+REAPER_UID = 392000
+#: Raw QEMU runs as RANGE_BASE + RAW_SLOT + i: above every domid a benchmark hands out.
+RAW_SLOT = 1000
+#: Accounts of the resolution tiers and of libvirt, inside the block, above every VM slot.
+NAME_UID = RANGE_BASE + 40000
+EXPLICIT_UID = RANGE_BASE + 50000
+SHARED_UID = RANGE_BASE + 60000
+LIBVIRT_QEMU_UID = RANGE_BASE + 65000
+KVM_GID = RANGE_BASE + 65001
+NOLOGIN = "/usr/sbin/nologin"
+
+
+def is_bench_uid(uid: int) -> bool:
+    """Whether ``uid`` belongs to the benchmarks' block."""
+    return uid == REAPER_UID or RANGE_BASE <= uid < RANGE_BASE + BLOCK
+
+
+def passwd_line(name: str, uid: int, gid: int | None = None) -> str:
+    """A system account with no home and no login shell."""
+    return f"{name}:x:{uid}:{uid if gid is None else gid}::/nonexistent:{NOLOGIN}"
+
+
+def group_line(name: str, gid: int, members: Sequence[str] = ()) -> str:
+    """A group entry."""
+    return f"{name}:x:{gid}:{','.join(members)}"
+
+
+#: The accounts a launch needs: the range base (every VM gets base + domid) and the reaper.
+LAUNCH_PASSWD = (
+    passwd_line(f"{PREFIX}-range-base", RANGE_BASE),
+    passwd_line(f"{PREFIX}-reaper", REAPER_UID),
+)
+LAUNCH_GROUP = (
+    group_line(f"{PREFIX}-range-base", RANGE_BASE),
+    group_line(f"{PREFIX}-reaper", REAPER_UID),
+)
+
+
+def state_root(tag: str) -> Path:
+    """A fresh, short directory ``/tmp/bench-TAG-XXXX`` (unix socket paths stay short)."""
+    return Path(tempfile.mkdtemp(prefix=f"bench-{tag}-", dir="/tmp"))
+
+
+def enter_accounts(root: Path, passwd: Iterable[str], group: Iterable[str]) -> Path:
+    """Write scratch account files under ``root`` and make them this process's own.
+
+    Call it first thing, while the process is single-threaded; children inherit the namespace.
+    """
+    scratch = write_scratch_accounts(root / "accounts", passwd, group)
+    enter_scratch_accounts(scratch)
+    return scratch.root
+
+
+# -- statistics ---------------------------------------------------------------------------
+
+
+def summarize(values: Sequence[float]) -> dict[str, float | int]:
+    """n, median, p10, p90, min, max and mean of ``values`` (seconds or any unit)."""
+    if not values:
+        return {"n": 0}
+    ordered = sorted(values)
+    deciles = statistics.quantiles(ordered, n=10) if len(ordered) > 1 else [ordered[0]] * 9
+    return {
+        "n": len(ordered),
+        "median": statistics.median(ordered),
+        "p10": deciles[0],
+        "p90": deciles[-1],
+        "min": ordered[0],
+        "max": ordered[-1],
+        "mean": statistics.fmean(ordered),
+    }
+
+
+def ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float | None:
+    """median(numerator) / median(denominator), or None when either is empty."""
+    if not numerator or not denominator:
+        return None
+    return statistics.median(numerator) / statistics.median(denominator)
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float | None:
+    """The median of the per-repetition ratios (each pair ran back to back)."""
+    pairs = [a / b for a, b in zip(numerator, denominator, strict=False) if b > 0]
+    return statistics.median(pairs) if pairs else None
+
+
+def rotations(variants: Sequence[str], repetitions: int) -> Iterator[tuple[int, str]]:
+    """(repetition, variant) with the variants interleaved, the order rotating every time.
+
+    Each repetition runs every variant once, back to back, so that a noisy neighbour hits
+    all of them alike; rotating the order keeps any variant from always going first.
+    """
+    for rep in range(repetitions):
+        shift = rep % len(variants)
+        for variant in (*variants[shift:], *variants[:shift]):
+            yield rep, variant
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Proc:
+    """One process as /proc shows it."""
+
+    pid: int
+    ppid: int
+    state: str
+    uids: tuple[int, ...]
+    comm: str
+
+    @property
+    def zombie(self) -> bool:
+        """Dead, waiting for its parent to reap it."""
+        return self.state in ("Z", "X")
+
+
+def read_proc(pid: int) -> Proc | None:
+    """The process ``pid``, or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return Proc(
+        pid=pid,
+        ppid=int(fields["PPid"]),
+        state=fields["State"].split()[0],
+        uids=tuple(int(u) for u in fields["Uid"].split()),
+        comm=fields["Name"].strip(),
+    )
+
+
+def all_procs() -> list[Proc]:
+    """Every process on the host."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (proc := read_proc(int(entry.name))) is not None:
+            found.append(proc)
+    return found
+
+
+def bench_processes(*, live_only: bool = True) -> list[Proc]:
+    """Processes with any uid in the benchmarks' block (zombies too, unless ``live_only``)."""
+    return [
+        p
+        for p in all_procs()
+        if any(is_bench_uid(u) for u in p.uids) and not (live_only and p.zombie)
+    ]
+
+
+def wait_for_no_bench_processes(timeout: float = 10.0) -> list[Proc]:
+    """Wait until no live process of the block is left; return those still there."""
+    deadline = time.monotonic() + timeout
+    while (left := bench_processes()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def kill_pids(pids: Iterable[int], signum: int = signal.SIGKILL) -> None:
+    """Signal each pid (all of them processes this run started); gone ones are fine."""
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            continue
+
+
+def stop_child(process: subprocess.Popen[Any], *, grace: float = 10.0) -> None:
+    """SIGTERM a child we started, SIGKILL it after ``grace`` seconds, reap it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=grace)
+
+
+def qd_cli() -> str:
+    """The ``qemu-depriv`` entry point of the running virtual environment."""
+    return str(Path(sys.executable).parent / "qemu-depriv")
+
+
+# -- output -------------------------------------------------------------------------------
+
+
+def host_info() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    qemu = subprocess.run(
+        ["/usr/bin/qemu-system-x86_64", "-version"],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+    return {
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg": os.getloadavg(),
+        "qemu": (qemu.stdout.splitlines() or ["?"])[0],
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON, creating the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def log(message: str) -> None:
+    """Progress on stderr, prefixed with the worker's name."""
+    name = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "bench"
+    print(f"[{name}] {message}", file=sys.stderr, flush=True)

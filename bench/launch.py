@@ -1,0 +1,180 @@
+"""Benchmark 2: launch until verified and running, against raw QEMU until QMP answers.
+
+Three variants, interleaved with a rotating order, in one private mount namespace over scratch
+accounts (the range base at 393216 and the reaper):
+
+``raw``
+    QEMU by hand: the standalone machine options, ``-runas 393216+1000:393216``, timed until a
+    finished QMP handshake; killed by pid afterwards.
+``library``
+    ``Launcher.launch`` in this process (as the demo drives it), timed until it returns: QEMU
+    started paused inside every layer, verified from /proc, resumed.
+``cli``
+    ``qemu-depriv --state-dir DIR launch CFG --json``, timed until it exits.
+
+Every VM is stopped right after it is measured (the stop is not timed here; see
+:mod:`bench.libvirt`).  Targets: library at most 1.3x raw, CLI at most 4x raw.
+
+Usage: python -m bench.launch OUT.json
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    LAUNCH_GROUP,
+    LAUNCH_PASSWD,
+    RANGE_BASE,
+    RAW_SLOT,
+    bench_processes,
+    enter_accounts,
+    host_info,
+    log,
+    paired_ratio,
+    ratio,
+    rotations,
+    state_root,
+    summarize,
+    wait_for_no_bench_processes,
+    write_json,
+)
+from bench.profiling import profile_call, profile_cli
+from bench.vm import kill_raw, launch_raw, qd, run_qd, write_config
+from qemu_depriv.domain import DomainConfig
+from qemu_depriv.launcher import Launcher, LaunchRequest
+from qemu_depriv.nss import LibcLookup
+from qemu_depriv.qemu.caps import CapsProbe
+from qemu_depriv.settings import Settings
+from qemu_depriv.state import StateStore
+
+REPETITIONS = 20
+WARMUP = 2
+TARGETS = {"library": 1.3, "cli": 4.0}
+VARIANTS = ("raw", "library", "cli")
+
+
+class Bench:
+    """The namespace, the state directory and a launcher over it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state_dir = root / "s"
+        self.launcher = Launcher(
+            settings=Settings(state_dir=self.state_dir),
+            lookup=LibcLookup(),
+            store=StateStore(self.state_dir),
+            probe=CapsProbe(cache_file=self.state_dir / "caps.json"),
+        )
+        self.count = 0
+
+    def name(self, variant: str) -> str:
+        self.count += 1
+        return f"bench-{variant[:3]}-{self.count}"
+
+    def raw(self) -> float:
+        socket = self.root / "raw.sock"
+        socket.unlink(missing_ok=True)
+        process, seconds = launch_raw(socket, RANGE_BASE + RAW_SLOT, self.root / "raw.log")
+        kill_raw(process)
+        return seconds
+
+    def library(self) -> float:
+        name = self.name("library")
+        request = LaunchRequest(config=DomainConfig(name=name, memory=64), start_timeout=30)
+        start = time.perf_counter()
+        record = self.launcher.launch(request)
+        seconds = time.perf_counter() - start
+        assert record.state == "running" and record.verification, record
+        self.launcher.stop(name)
+        return seconds
+
+    def cli(self) -> float:
+        name = self.name("cli")
+        config = write_config(self.root, name)
+        run = run_qd(self.state_dir, "launch", str(config))
+        try:
+            assert run.code == 0, run.error
+            assert run.data.get("state") == "running" and run.data.get("verification"), run.data
+        finally:
+            if self.launcher.store.find(name) is not None:
+                self.launcher.stop(name)
+        return run.seconds
+
+    def stop_all(self) -> None:
+        for record in self.launcher.store.all() if self.launcher.store.exists() else []:
+            self.launcher.stop(record.name, timeout=5)
+
+
+def profiles(bench: Bench, missed: list[str]) -> dict[str, Any]:
+    """Profile each variant that missed its target."""
+    found: dict[str, Any] = {}
+    if "library" in missed:
+        name = bench.name("library")
+        request = LaunchRequest(config=DomainConfig(name=name, memory=64), start_timeout=30)
+        found["library"] = profile_call(lambda: bench.launcher.launch(request), interval=0.0002)
+        bench.launcher.stop(name)
+    if "cli" in missed:
+        name = bench.name("cli")
+        config = write_config(bench.root, name)
+        args = qd(bench.state_dir, "launch", str(config), "--json")[1:]
+        found["cli"], _ = profile_cli(args)
+        if bench.launcher.store.find(name) is not None:
+            bench.launcher.stop(name)
+    return found
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    root = state_root("l")
+    enter_accounts(root, LAUNCH_PASSWD, LAUNCH_GROUP)
+    bench = Bench(root)
+    series: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    measure = {"raw": bench.raw, "library": bench.library, "cli": bench.cli}
+    try:
+        for _ in range(WARMUP):
+            for variant in VARIANTS:
+                measure[variant]()
+        for rep, variant in rotations(VARIANTS, REPETITIONS):
+            series[variant].append(measure[variant]())
+            if variant == VARIANTS[-1] or rep == 0:
+                log(f"rep {rep} {variant}: {series[variant][-1] * 1000:.0f} ms")
+        ratios = {v: ratio(series[v], series["raw"]) for v in TARGETS}
+        missed = [v for v, r in ratios.items() if r is None or r > TARGETS[v]]
+        found = profiles(bench, missed)
+    finally:
+        bench.stop_all()
+    left = wait_for_no_bench_processes(10)
+    write_json(
+        out,
+        {
+            "benchmark": "launch",
+            "repetitions": REPETITIONS,
+            "variants": {v: summarize(series[v]) for v in VARIANTS},
+            "ratios": ratios,
+            "paired_ratios": {v: paired_ratio(series[v], series["raw"]) for v in TARGETS},
+            "targets": TARGETS,
+            "missed": missed,
+            "profiles": found,
+            "samples": series,
+            "leftovers": [p.pid for p in left],
+            "commands": {
+                "raw": "qemu-system-x86_64 -machine pc -accel tcg -m 64 -smp 1 -nodefaults "
+                "-no-user-config -display none -S -qmp unix:SOCK,server=on,wait=off "
+                f"-runas {RANGE_BASE + RAW_SLOT}:{RANGE_BASE}  (until QMP handshake)",
+                "library": "Launcher.launch(LaunchRequest(DomainConfig(name, memory=64)))",
+                "cli": "qemu-depriv --state-dir DIR launch CFG --json",
+            },
+            "host": host_info(),
+        },
+    )
+    assert not bench_processes(), "processes of the benchmark's uids survived"
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Profiles of a slow path with pyinstrument (installed into the venv by ``make bench``).
+
+Each profile is kept as two short texts for the summary: the flat list of the frames with the
+most time of their own (library frames included), and the call tree of the project's own code.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+FLAT_LINES = 15
+TREE_LINES = 60
+
+
+def _body(text: str) -> list[str]:
+    """The report without pyinstrument's banner (everything up to 'Profile at ...')."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    heads = ("Profile at", "Program:")
+    start = next((i + 1 for i, line in enumerate(lines) if line.startswith(heads)), 0)
+    return lines[start:]
+
+
+def _render(session: Any) -> dict[str, Any]:
+    from pyinstrument.renderers import ConsoleRenderer  # noqa: PLC0415 - optional dependency
+
+    flat = ConsoleRenderer(flat=True, show_all=True, unicode=False, color=False)
+    tree = ConsoleRenderer(show_all=False, unicode=False, color=False)
+    flat_lines = _body(flat.render(session))
+    tree_lines = _body(tree.render(session))
+    return {
+        "duration": session.duration,
+        "samples": session.sample_count,
+        "flat": flat_lines[:FLAT_LINES],
+        "tree": tree_lines[:TREE_LINES],
+    }
+
+
+def profile_call(call: Callable[[], object], *, interval: float = 0.0001) -> dict[str, Any]:
+    """Profile ``call()`` in this process."""
+    try:
+        from pyinstrument import Profiler  # noqa: PLC0415 - optional dependency
+    except ImportError as exc:
+        return {"error": f"pyinstrument is not installed ({exc}): run 'make bench'"}
+    profiler = Profiler(interval=interval)
+    profiler.start()
+    try:
+        call()
+    finally:
+        session = profiler.stop()
+    return _render(session)
+
+
+def profile_cli(
+    args: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 120.0
+) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
+    """Run ``python -m qemu_depriv ARGS`` under pyinstrument; return the profile and the run."""
+    with tempfile.TemporaryDirectory(prefix="bench-prof-", dir="/tmp") as tmp:
+        out = Path(tmp) / "profile.pyisession"
+        command = [
+            sys.executable, "-m", "pyinstrument", "-i", "0.0002", "-r", "pyisession",
+            "-o", str(out), "-m", "qemu_depriv", *args,
+        ]  # fmt: skip
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, check=False,
+            env=dict(env) if env is not None else dict(os.environ),
+        )  # fmt: skip
+        if not out.exists():
+            return {"error": f"no profile written: {done.stderr.strip()[-400:]}"}, done
+        from pyinstrument.session import Session  # noqa: PLC0415 - optional dependency
+
+        profile = _render(Session.load(str(out)))
+    profile["command"] = " ".join(["pyinstrument -m qemu_depriv", *args])
+    return profile, done

@@ -1,0 +1,309 @@
+"""Benchmark 5: 100 VMs launched at once through the CLI, against 100 raw QEMUs at once.
+
+In one private mount namespace over scratch accounts (the range base and the reaper), rounds
+alternate between:
+
+``raw``
+    100 QEMUs started by hand at once (standalone options, ``-runas 393216+1000+i:393216``),
+    timed until every QMP handshake is done, then killed by pid.
+``cli``
+    100 ``qemu-depriv launch CFG --json`` processes started at once (domids 1-100, so uids
+    393217-393316), timed until the last one exits; each must exit 0 with a verified, running
+    VM.  Meanwhile the RSS of the live CLI processes is summed every 20 ms; the peak of that sum,
+    over 100, is the tool's own memory per VM at launch.  Then 100 ``qemu-depriv stop``
+    processes at once, timed the same way, and a check that nothing is left: no live process
+    of the VMs' uids, no VM cgroup, no row in the state store.
+
+Failures are reported with their error lines, never retried away: a stop that failed is run
+again afterwards only so that the machine is left clean, and counted as failed.
+
+Usage: python -m bench.scale OUT.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    LAUNCH_GROUP,
+    LAUNCH_PASSWD,
+    RANGE_BASE,
+    RAW_SLOT,
+    bench_processes,
+    enter_accounts,
+    host_info,
+    kill_pids,
+    log,
+    ratio,
+    read_proc,
+    rotations,
+    state_root,
+    summarize,
+    wait_for_no_bench_processes,
+    write_json,
+)
+from bench.vm import finished_run, kill_raw, qd, qmp_handshake, run_qd, start_raw, write_config
+
+COUNT = 100
+ROUNDS = 2
+TIMEOUT = 300.0
+SAMPLE_EVERY = 0.02
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` in KiB, 0 when it is gone (or a zombie)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+@dataclass
+class RssSampler:
+    """Sums the RSS of a set of pids every 20 ms in a thread; keeps the peak."""
+
+    pids: list[int] = field(default_factory=list)
+    peak_kib: int = 0
+    peak_live: int = 0
+    samples: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            values = [rss_kib(pid) for pid in list(self.pids)]
+            live = [v for v in values if v > 0]
+            self.peak_kib = max(self.peak_kib, sum(live))
+            self.peak_live = max(self.peak_live, len(live))
+            self.samples += 1
+            self._stop.wait(SAMPLE_EVERY)
+
+
+@dataclass
+class Batch:
+    """N commands at once: when each ended, its exit code and error line."""
+
+    seconds: float
+    ends: list[float]
+    codes: list[int]
+    errors: list[str]
+    outputs: list[dict[str, Any]]
+    rss: RssSampler
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        return [
+            {"index": i, "code": code, "error": self.errors[i]}
+            for i, code in enumerate(self.codes)
+            if code != 0
+        ]
+
+
+def run_batch(commands: list[list[str]], out_dir: Path, tag: str) -> Batch:
+    """Start every command at once, sample their RSS, wait for all (bounded)."""
+    out_dir.mkdir(exist_ok=True)
+    sampler = RssSampler()
+    processes: list[subprocess.Popen[bytes]] = []
+    sampler.start()
+    start = time.perf_counter()
+    for i, command in enumerate(commands):
+        with (out_dir / f"{tag}-{i}.out").open("wb") as out, (
+            out_dir / f"{tag}-{i}.err"
+        ).open("wb") as err:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        processes.append(process)
+        sampler.pids.append(process.pid)
+    ends: list[float | None] = [None] * len(processes)
+    deadline = start + TIMEOUT
+    while any(end is None for end in ends) and time.perf_counter() < deadline:
+        for i, process in enumerate(processes):
+            if ends[i] is None and process.poll() is not None:
+                ends[i] = time.perf_counter() - start
+        time.sleep(0.005)
+    seconds = time.perf_counter() - start
+    sampler.stop()
+    for process in processes:
+        if process.poll() is None:  # past the deadline: a hung command, ours to end
+            process.kill()
+            process.wait(timeout=30)
+    runs = [
+        finished_run(
+            process.returncode,
+            ends[i] or seconds,
+            (out_dir / f"{tag}-{i}.out").read_text(errors="replace"),
+            (out_dir / f"{tag}-{i}.err").read_text(errors="replace"),
+        )
+        for i, process in enumerate(processes)
+    ]
+    return Batch(
+        seconds=max((e for e in ends if e is not None), default=seconds),
+        ends=[e if e is not None else seconds for e in ends],
+        codes=[r.code for r in runs],
+        errors=[r.error for r in runs],
+        outputs=[r.data for r in runs],
+        rss=sampler,
+    )
+
+
+def raw_round(root: Path) -> dict[str, Any]:
+    """100 raw QEMUs at once until every QMP handshake is done; then kill them by pid."""
+    sockets = [root / f"r{i}.sock" for i in range(COUNT)]
+    for socket in sockets:
+        socket.unlink(missing_ok=True)
+    processes: list[subprocess.Popen[bytes]] = []
+    loop = asyncio.new_event_loop()
+    try:
+        start = time.perf_counter()
+        for i, socket in enumerate(sockets):
+            uid = RANGE_BASE + RAW_SLOT + i
+            processes.append(start_raw(socket, uid, root / f"r{i}.log"))
+
+        async def all_handshakes() -> list[BaseException | None]:
+            results = await asyncio.gather(
+                *(qmp_handshake(s, p, TIMEOUT) for s, p in zip(sockets, processes, strict=True)),
+                return_exceptions=True,
+            )
+            return [r if isinstance(r, BaseException) else None for r in results]
+
+        errors = loop.run_until_complete(all_handshakes())
+        seconds = time.perf_counter() - start
+        qemu_rss = sum(rss_kib(p.pid) for p in processes)
+    finally:
+        loop.close()
+        for process in processes:
+            kill_raw(process)
+    failures = [repr(e) for e in errors if e is not None]
+    return {
+        "seconds": seconds,
+        "failures": failures,
+        "qemu_rss_kib_per_vm": qemu_rss / COUNT,
+    }
+
+
+def leftover_state(state_dir: Path, names: list[str]) -> dict[str, Any]:
+    """What of the VMs is still there: live processes, cgroups, rows in the store."""
+    listing = run_qd(state_dir, "list")
+    rows = [vm["name"] for vm in listing.data.get("vms", []) if vm["name"] in names]
+    cgroups = sorted(
+        str(p)
+        for p in CGROUP_ROOT.glob("*/qemu-depriv/*-bench-s-*")
+        if p.name.split("-", 1)[1] in names
+    )
+    return {
+        "processes": [p.pid for p in bench_processes()],
+        "cgroups": cgroups,
+        "store_rows": rows,
+    }
+
+
+def cli_round(root: Path, state_dir: Path, round_no: int) -> dict[str, Any]:
+    """100 launches at once, then 100 stops at once; failures and leftovers counted."""
+    names = [f"bench-s-{i:03d}" for i in range(COUNT)]
+    configs = [write_config(root, name) for name in names]
+    out = root / f"out{round_no}"
+    launch = run_batch([qd(state_dir, "launch", str(c), "--json") for c in configs], out, "l")
+    verified = [
+        o.get("state") == "running" and bool(o.get("verification"))
+        for o, code in zip(launch.outputs, launch.codes, strict=True)
+        if code == 0
+    ]
+    pids = [int(o["pid"]) for o in launch.outputs if o.get("pid")]
+    qemu_rss = sum(rss_kib(pid) for pid in pids)
+    wrappers = [proc.ppid for pid in pids if (proc := read_proc(pid)) is not None]
+    wrapper_rss = sum(rss_kib(pid) for pid in wrappers)
+    log(
+        f"round {round_no}: {sum(verified)}/{COUNT} verified in {launch.seconds:.1f} s, "
+        f"{len(launch.failures)} failed"
+    )
+    stop = run_batch([qd(state_dir, "stop", name, "--json") for name in names], out, "s")
+    log(f"round {round_no}: stopped in {stop.seconds:.1f} s, {len(stop.failures)} failed")
+    failed_stops = [names[f["index"]] for f in stop.failures]
+    left_before_retry = leftover_state(state_dir, names)
+    retried = [run_qd(state_dir, "stop", name) for name in failed_stops]
+    alive = wait_for_no_bench_processes(10)
+    left = leftover_state(state_dir, names)
+    forced = [p.pid for p in alive]
+    kill_pids(forced)
+    return {
+        "launch_seconds": launch.seconds,
+        "launch_ends": launch.ends,
+        "verified": sum(verified),
+        "launch_failures": [
+            {**f, "name": names[f["index"]]} for f in launch.failures
+        ],
+        "peak_cli_rss_kib": launch.rss.peak_kib,
+        "peak_cli_rss_kib_per_vm": launch.rss.peak_kib / COUNT,
+        "peak_live_cli": launch.rss.peak_live,
+        "rss_samples": launch.rss.samples,
+        "qemu_rss_kib_per_vm": qemu_rss / max(1, len(pids)),
+        "wrapper_rss_kib_per_vm": wrapper_rss / max(1, len(wrappers)),
+        "teardown_seconds": stop.seconds,
+        "teardown_ends": stop.ends,
+        "peak_stop_rss_kib_per_vm": stop.rss.peak_kib / COUNT,
+        "stop_failures": [{**f, "name": names[f["index"]]} for f in stop.failures],
+        "leftovers_after_teardown": left_before_retry,
+        "retried_stops": [{"code": r.code, "error": r.error} for r in retried],
+        "leftovers_after_retry": left,
+        "killed_by_pid": forced,
+    }
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    root = state_root("s")
+    enter_accounts(root, LAUNCH_PASSWD, LAUNCH_GROUP)
+    state_dir = root / "s"
+    warm = run_qd(state_dir, "launch", str(write_config(root, "bench-s-warm")))
+    assert warm.code == 0, warm.error
+    assert run_qd(state_dir, "stop", "bench-s-warm").code == 0
+    rounds: dict[str, list[dict[str, Any]]] = {"raw": [], "cli": []}
+    try:
+        for rep, variant in rotations(("raw", "cli"), ROUNDS):
+            if variant == "raw":
+                rounds["raw"].append(raw_round(root))
+                log(f"round {rep}: raw {rounds['raw'][-1]['seconds']:.1f} s")
+            else:
+                rounds["cli"].append(cli_round(root, state_dir, rep))
+    finally:
+        kill_pids(p.pid for p in wait_for_no_bench_processes(10))
+    raw_seconds = [r["seconds"] for r in rounds["raw"]]
+    cli_seconds = [r["launch_seconds"] for r in rounds["cli"]]
+    write_json(
+        out,
+        {
+            "benchmark": "scale",
+            "count": COUNT,
+            "rounds": rounds,
+            "raw": summarize(raw_seconds),
+            "cli_launch": summarize(cli_seconds),
+            "cli_teardown": summarize([r["teardown_seconds"] for r in rounds["cli"]]),
+            "ratio": ratio(cli_seconds, raw_seconds),
+            "host": host_info(),
+            "state_dir": str(root),
+        },
+    )
+    assert not bench_processes(), "processes of the benchmark's uids survived"
+
+
+if __name__ == "__main__":
+    main()
