@@ -25,6 +25,8 @@ from typing import Any
 from qemu_depriv.scratch import enter_scratch_accounts, write_scratch_accounts
 
 REPO = Path(__file__).resolve().parent.parent
+#: Where every benchmark's state lives, as /tmp/bench-*: short paths, for unix sockets.
+TMP = Path("/tmp")  # noqa: S108 - a fixed, documented place, cleaned after each worker
 RESULTS = REPO / "bench" / "results"
 PREFIX = "xen-qemuuser"
 RANGE_BASE = 393216
@@ -69,7 +71,16 @@ LAUNCH_GROUP = (
 
 def state_root(tag: str) -> Path:
     """A fresh, short directory ``/tmp/bench-TAG-XXXX`` (unix socket paths stay short)."""
-    return Path(tempfile.mkdtemp(prefix=f"bench-{tag}-", dir="/tmp"))
+    return Path(tempfile.mkdtemp(prefix=f"bench-{tag}-", dir=TMP))
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (the runner's time limit) into SystemExit, so that finally blocks run."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def enter_accounts(root: Path, passwd: Iterable[str], group: Iterable[str]) -> Path:
@@ -77,6 +88,7 @@ def enter_accounts(root: Path, passwd: Iterable[str], group: Iterable[str]) -> P
 
     Call it first thing, while the process is single-threaded; children inherit the namespace.
     """
+    exit_on_sigterm()
     scratch = write_scratch_accounts(root / "accounts", passwd, group)
     enter_scratch_accounts(scratch)
     return scratch.root
@@ -235,7 +247,7 @@ def host_info() -> dict[str, Any]:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as indented JSON, creating the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def log(message: str) -> None:

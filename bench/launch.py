@@ -89,7 +89,8 @@ class Bench:
         start = time.perf_counter()
         record = self.launcher.launch(request)
         seconds = time.perf_counter() - start
-        assert record.state == "running" and record.verification, record
+        assert record.state == "running", record
+        assert record.verification, record
         self.launcher.stop(name)
         return seconds
 
@@ -99,7 +100,8 @@ class Bench:
         run = run_qd(self.state_dir, "launch", str(config))
         try:
             assert run.code == 0, run.error
-            assert run.data.get("state") == "running" and run.data.get("verification"), run.data
+            assert run.data.get("state") == "running", run.data
+            assert run.data.get("verification"), run.data
         finally:
             if self.launcher.store.find(name) is not None:
                 self.launcher.stop(name)

@@ -45,6 +45,7 @@ from bench.common import (
     LAUNCH_PASSWD,
     LIBVIRT_QEMU_UID,
     bench_processes,
+    exit_on_sigterm,
     group_line,
     host_info,
     log,
@@ -65,6 +66,7 @@ REPETITIONS = 8
 SUBREAPER_REPETITIONS = 4
 TARGET = 0.4
 URI = "qemu:///system"
+VIRSH = "/usr/bin/virsh"
 MS_BIND = 0x1000
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -96,7 +98,11 @@ def prctl(option: int, value: int) -> None:
 
 
 def mount(
-    source: Path | str, target: Path, fstype: str | None = None, *, flags: int = 0,
+    source: Path | str,
+    target: Path,
+    fstype: str | None = None,
+    *,
+    flags: int = 0,
     data: str | None = None,
 ) -> None:
     """mount(2) in this process's (private) mount namespace; mount(8) would write /run/mount."""
@@ -120,6 +126,7 @@ class LibvirtUnavailable(Exception):
 
 def enter_namespace(root: Path) -> None:
     """Enter the private mount namespace described in the module docstring."""
+    exit_on_sigterm()
     passwd = Path("/etc/passwd").read_text().splitlines()
     group = Path("/etc/group").read_text().splitlines()
     passwd += [
@@ -175,18 +182,21 @@ class Libvirt:
         Raises:
             LibvirtUnavailable: a binary is missing, a daemon exited, or virsh fails.
         """
-        for binary in ("libvirtd", "virtlogd", "virsh"):
-            if shutil.which(binary, path="/usr/sbin:/usr/bin") is None:
+        for binary in ("/usr/sbin/libvirtd", "/usr/sbin/virtlogd", VIRSH):
+            if not Path(binary).exists():
                 raise LibvirtUnavailable(f"{binary} is not installed (make bench installs it)")
         start = time.perf_counter()
         for daemon in ("virtlogd", "libvirtd"):
             with (self.root / f"{daemon}.log").open("wb") as out:
-                self.daemons.append(
-                    subprocess.Popen(
-                        [f"/usr/sbin/{daemon}"], stdin=subprocess.DEVNULL, stdout=out,
-                        stderr=out, preexec_fn=die_with_parent,  # noqa: PLW1509 - no threads yet
-                    )  # fmt: skip
+                # The worker has no thread yet, so preexec_fn is safe.
+                daemon_process = subprocess.Popen(
+                    [f"/usr/sbin/{daemon}"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    preexec_fn=die_with_parent,  # noqa: PLW1509
                 )
+                self.daemons.append(daemon_process)
         socket = Path("/run/libvirt/libvirt-sock")
         deadline = time.monotonic() + 30
         while not socket.exists():
@@ -204,7 +214,7 @@ class Libvirt:
 
     def virsh(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["virsh", "-c", URI, *args], capture_output=True, text=True, timeout=timeout,
+            [VIRSH, "-c", URI, *args], capture_output=True, text=True, timeout=timeout,
             check=False, stdin=subprocess.DEVNULL,
         )  # fmt: skip
 
@@ -226,7 +236,7 @@ class Libvirt:
     def destroy(self, name: str, pid: int, *, reap: bool) -> StopObservation:
         """``virsh destroy``, watching QEMU."""
         watched = [w for w in [watch("qemu", pid)] if w is not None]
-        observed = observe_stop(["virsh", "-c", URI, "destroy", name], watched, reap=reap)
+        observed = observe_stop([VIRSH, "-c", URI, "destroy", name], watched, reap=reap)
         if observed.code == 0:
             self.domains.discard(name)
         return observed

@@ -56,24 +56,36 @@ def profile_call(call: Callable[[], object], *, interval: float = 0.0001) -> dic
     return _render(session)
 
 
+def pyinstrument_command(args: Sequence[str], out: Path, *, interval: float = 0.0002) -> list[str]:
+    """``python -m qemu_depriv ARGS`` under pyinstrument, the session saved to ``out``."""
+    return [
+        sys.executable, "-m", "pyinstrument", "-i", str(interval), "-r", "pyisession",
+        "-o", str(out), "-m", "qemu_depriv", *args,
+    ]  # fmt: skip
+
+
+def render_file(out: Path, args: Sequence[str]) -> dict[str, Any]:
+    """The profile a :func:`pyinstrument_command` wrote."""
+    if not out.exists():
+        return {"error": f"no profile written to {out}"}
+    from pyinstrument.session import Session  # noqa: PLC0415 - optional dependency
+
+    profile = _render(Session.load(str(out)))
+    profile["command"] = " ".join(["pyinstrument -m qemu_depriv", *args])
+    return profile
+
+
 def profile_cli(
     args: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 120.0
 ) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
     """Run ``python -m qemu_depriv ARGS`` under pyinstrument; return the profile and the run."""
     with tempfile.TemporaryDirectory(prefix="bench-prof-", dir="/tmp") as tmp:
         out = Path(tmp) / "profile.pyisession"
-        command = [
-            sys.executable, "-m", "pyinstrument", "-i", "0.0002", "-r", "pyisession",
-            "-o", str(out), "-m", "qemu_depriv", *args,
-        ]  # fmt: skip
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, check=False,
-            env=dict(env) if env is not None else dict(os.environ),
+            pyinstrument_command(args, out), capture_output=True, text=True, timeout=timeout,
+            check=False, env=dict(env) if env is not None else dict(os.environ),
         )  # fmt: skip
-        if not out.exists():
-            return {"error": f"no profile written: {done.stderr.strip()[-400:]}"}, done
-        from pyinstrument.session import Session  # noqa: PLC0415 - optional dependency
-
-        profile = _render(Session.load(str(out)))
-    profile["command"] = " ".join(["pyinstrument -m qemu_depriv", *args])
+        profile = render_file(out, args)
+    if "error" in profile:
+        profile["error"] += f": {done.stderr.strip()[-400:]}"
     return profile, done

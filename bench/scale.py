@@ -49,12 +49,15 @@ from bench.common import (
     wait_for_no_bench_processes,
     write_json,
 )
+from bench.profiling import pyinstrument_command, render_file
 from bench.vm import finished_run, kill_raw, qd, qmp_handshake, run_qd, start_raw, write_config
 
 COUNT = 100
 ROUNDS = 2
 TIMEOUT = 300.0
 SAMPLE_EVERY = 0.02
+#: In the last CLI round, this VM's launch and stop run under the profiler.
+PROFILED = COUNT // 2
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -119,20 +122,27 @@ class Batch:
         ]
 
 
-def run_batch(commands: list[list[str]], out_dir: Path, tag: str) -> Batch:
-    """Start every command at once, sample their RSS, wait for all (bounded)."""
+def run_batch(
+    commands: list[list[str]], out_dir: Path, tag: str, *, unsampled: int | None = None
+) -> Batch:
+    """Start every command at once, sample their RSS, wait for all (bounded).
+
+    Command ``unsampled`` (the one run under the profiler) is left out of the RSS sum.
+    """
     out_dir.mkdir(exist_ok=True)
     sampler = RssSampler()
     processes: list[subprocess.Popen[bytes]] = []
     sampler.start()
     start = time.perf_counter()
     for i, command in enumerate(commands):
-        with (out_dir / f"{tag}-{i}.out").open("wb") as out, (
-            out_dir / f"{tag}-{i}.err"
-        ).open("wb") as err:
+        with (
+            (out_dir / f"{tag}-{i}.out").open("wb") as out,
+            (out_dir / f"{tag}-{i}.err").open("wb") as err,
+        ):
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         processes.append(process)
-        sampler.pids.append(process.pid)
+        if i != unsampled:
+            sampler.pids.append(process.pid)
     ends: list[float | None] = [None] * len(processes)
     deadline = start + TIMEOUT
     while any(end is None for end in ends) and time.perf_counter() < deadline:
@@ -216,12 +226,27 @@ def leftover_state(state_dir: Path, names: list[str]) -> dict[str, Any]:
     }
 
 
-def cli_round(root: Path, state_dir: Path, round_no: int) -> dict[str, Any]:
-    """100 launches at once, then 100 stops at once; failures and leftovers counted."""
+def profiled(commands: list[list[str]], index: int, out: Path) -> list[list[str]]:
+    """``commands`` with command ``index`` run under pyinstrument, its profile saved to ``out``."""
+    changed = list(commands)
+    changed[index] = pyinstrument_command(commands[index][1:], out, interval=0.001)
+    return changed
+
+
+def cli_round(root: Path, state_dir: Path, round_no: int, *, profile: bool) -> dict[str, Any]:
+    """100 launches at once, then stops of every VM in the store at once; failures, leftovers.
+
+    With ``profile``, one launch and one stop (of VM PROFILED) run under pyinstrument among
+    the others, and are left out of the RSS sums.
+    """
     names = [f"bench-s-{i:03d}" for i in range(COUNT)]
     configs = [write_config(root, name) for name in names]
     out = root / f"out{round_no}"
-    launch = run_batch([qd(state_dir, "launch", str(c), "--json") for c in configs], out, "l")
+    out.mkdir(exist_ok=True)
+    launches = [qd(state_dir, "launch", str(c), "--json") for c in configs]
+    if profile:
+        launches = profiled(launches, PROFILED, out / "launch.pyisession")
+    launch = run_batch(launches, out, "l", unsampled=PROFILED if profile else None)
     verified = [
         o.get("state") == "running" and bool(o.get("verification"))
         for o, code in zip(launch.outputs, launch.codes, strict=True)
@@ -235,37 +260,49 @@ def cli_round(root: Path, state_dir: Path, round_no: int) -> dict[str, Any]:
         f"round {round_no}: {sum(verified)}/{COUNT} verified in {launch.seconds:.1f} s, "
         f"{len(launch.failures)} failed"
     )
-    stop = run_batch([qd(state_dir, "stop", name, "--json") for name in names], out, "s")
-    log(f"round {round_no}: stopped in {stop.seconds:.1f} s, {len(stop.failures)} failed")
-    failed_stops = [names[f["index"]] for f in stop.failures]
+    listed = [vm["name"] for vm in run_qd(state_dir, "list").data.get("vms", [])]
+    stops = [qd(state_dir, "stop", name, "--json") for name in listed]
+    stop_profiled = profile and names[PROFILED] in listed
+    if stop_profiled:
+        stops = profiled(stops, listed.index(names[PROFILED]), out / "stop.pyisession")
+    stop = run_batch(
+        stops, out, "s", unsampled=listed.index(names[PROFILED]) if stop_profiled else None
+    )
+    log(f"round {round_no}: stopped {len(listed)} in {stop.seconds:.1f} s")
+    log(f"round {round_no}: {len(stop.failures)} stops failed")
     left_before_retry = leftover_state(state_dir, names)
-    retried = [run_qd(state_dir, "stop", name) for name in failed_stops]
+    retried = [run_qd(state_dir, "stop", listed[f["index"]]) for f in stop.failures]
     alive = wait_for_no_bench_processes(10)
     left = leftover_state(state_dir, names)
     forced = [p.pid for p in alive]
     kill_pids(forced)
-    return {
+    result: dict[str, Any] = {
         "launch_seconds": launch.seconds,
         "launch_ends": launch.ends,
         "verified": sum(verified),
-        "launch_failures": [
-            {**f, "name": names[f["index"]]} for f in launch.failures
-        ],
+        "launch_failures": [{**f, "name": names[f["index"]]} for f in launch.failures],
         "peak_cli_rss_kib": launch.rss.peak_kib,
-        "peak_cli_rss_kib_per_vm": launch.rss.peak_kib / COUNT,
+        "peak_cli_rss_kib_per_vm": launch.rss.peak_kib / len(launch.rss.pids),
         "peak_live_cli": launch.rss.peak_live,
         "rss_samples": launch.rss.samples,
         "qemu_rss_kib_per_vm": qemu_rss / max(1, len(pids)),
         "wrapper_rss_kib_per_vm": wrapper_rss / max(1, len(wrappers)),
+        "stopped": len(listed),
         "teardown_seconds": stop.seconds,
         "teardown_ends": stop.ends,
-        "peak_stop_rss_kib_per_vm": stop.rss.peak_kib / COUNT,
-        "stop_failures": [{**f, "name": names[f["index"]]} for f in stop.failures],
+        "peak_stop_rss_kib_per_vm": stop.rss.peak_kib / max(1, len(stop.rss.pids)),
+        "stop_failures": [{**f, "name": listed[f["index"]]} for f in stop.failures],
         "leftovers_after_teardown": left_before_retry,
         "retried_stops": [{"code": r.code, "error": r.error} for r in retried],
         "leftovers_after_retry": left,
         "killed_by_pid": forced,
     }
+    if profile:
+        result["profiles"] = {
+            "launch": render_file(out / "launch.pyisession", launches[PROFILED][-6:]),
+            "stop": render_file(out / "stop.pyisession", ["stop", names[PROFILED]]),
+        }
+    return result
 
 
 def main() -> None:
@@ -283,7 +320,8 @@ def main() -> None:
                 rounds["raw"].append(raw_round(root))
                 log(f"round {rep}: raw {rounds['raw'][-1]['seconds']:.1f} s")
             else:
-                rounds["cli"].append(cli_round(root, state_dir, rep))
+                last = rep == ROUNDS - 1
+                rounds["cli"].append(cli_round(root, state_dir, rep, profile=last))
     finally:
         kill_pids(p.pid for p in wait_for_no_bench_processes(10))
     raw_seconds = [r["seconds"] for r in rounds["raw"]]

@@ -8,6 +8,7 @@ handshake (``qemu.qmp``'s ``QMPClient``, retried every 10 ms as the launcher ret
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -224,10 +225,8 @@ def observe_stop(
             if state != "alive" and entry.dead is None:
                 entry.dead = now
             if state == "zombie" and reap:
-                try:
+                with contextlib.suppress(ChildProcessError):
                     os.waitpid(entry.pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
                 state = proc_state(entry.pid, entry.started)
             if state == "gone":
                 entry.reaped = now

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from qemu_depriv.procs import live_pids_of_uid
-from qemu_depriv.scratch import write_scratch_accounts
+from qemu_depriv.scratch import FILES_ONLY, write_scratch_accounts
 
 NSEXEC = Path(__file__).parent / "nsexec.py"
 #: Ids for launch tests: a range block of their own, away from the host's and the demo's.
@@ -55,9 +55,18 @@ class VmHost:
     env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        write_scratch_accounts(self.root / "accounts", PASSWD, GROUP)
+        self.accounts()
         # Unix socket paths are limited to 107 bytes: keep the state directory short.
         self.state_dir = Path(tempfile.mkdtemp(prefix="qd", dir="/tmp")) / "s"
+
+    def accounts(
+        self,
+        passwd: tuple[str, ...] = PASSWD,
+        group: tuple[str, ...] = GROUP,
+        nsswitch: str = FILES_ONLY,
+    ) -> None:
+        """(Re)write the scratch account files the commands see."""
+        write_scratch_accounts(self.root / "accounts", passwd, group, nsswitch)
 
     def config(self, name: str, **settings: str | int) -> Path:
         path = self.root / f"{name}.cfg"
