@@ -111,6 +111,7 @@ class VmShown:
     gids: tuple[int, int, int, int]
     cap_eff: int
     root: str
+    verified: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,9 +203,10 @@ def vm_walkthrough(launcher: Launcher) -> Iterator[Event]:
             snap = snapshot(record.pid)
             if snap is None:
                 raise EnvironmentFailure(f"demo: QEMU of {record.name} exited at once")
+            verified = tuple((record.verification or {}).get("layers", {}))
             yield VmShown(
                 record.name, record.domid, record.tier or "", record.pid, snap.status.uids,
-                snap.status.gids, snap.status.cap_eff, snap.root,
+                snap.status.gids, snap.status.cap_eff, snap.root, verified,
             )  # fmt: skip
         try:
             launcher.launch(LaunchRequest(config=DomainConfig(name="evil", memory=64)))

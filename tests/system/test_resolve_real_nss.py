@@ -255,6 +255,9 @@ def test_the_demo_resolves_every_tier_and_runs_three_vms_as_three_uids() -> None
     assert len(shown) == 3
     assert len({e["uids"][0] for e in shown}) == 3
     assert all(len(set(e["uids"])) == 1 and e["cap_eff"] == 0 for e in shown)
+    assert all(
+        {"seccomp", "chroot", "pid_namespace", "cgroup", "fds"} <= set(e["verified"]) for e in shown
+    )
     assert [e["exit_code"] for e in out["vms"] if e["event"] == "Refused"] == [3]
     stopped = [e for e in out["vms"] if e["event"] == "Stopped"]
     assert [e["name"] for e in stopped] == ["web", "build", "db"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import textwrap
 from typing import Any
 
 from qemu_depriv.cli.context import Commands, Context
@@ -63,7 +64,15 @@ def _print_event(event: Event) -> None:
             f"{event.name}: domid {event.domid}, tier {event.tier}, QEMU pid {event.pid}\n"
             f"  /proc/{event.pid}/status  Uid: {' '.join(map(str, event.uids))}  "
             f"Gid: {' '.join(map(str, event.gids))}  CapEff: {event.cap_eff:016x}\n"
-            f"  /proc/{event.pid}/root    {event.root}"
+            f"  /proc/{event.pid}/root    {event.root}\n"
+            + "\n".join(
+                textwrap.wrap(
+                    "layers verified before the guest ran: " + ", ".join(event.verified),
+                    78,
+                    initial_indent="  ",
+                    subsequent_indent="    ",
+                )
+            )
         )
     elif isinstance(event, Refused):
         print(
