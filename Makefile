@@ -86,14 +86,18 @@ clean:
 # matplotlib and pyinstrument, runs every benchmark and writes bench/results/.
 BENCH_APT_PACKAGES := libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 BENCH_PIP_PACKAGES := matplotlib pyinstrument
+BENCH_APT_LOG := bench/results/logs/apt.log
 
+# A failed libvirt install does not stop the run: the libvirt benchmark reports it (apt's
+# output is kept in $(BENCH_APT_LOG)) and the others still run.
 .PHONY: bench
 bench: $(VENV_STAMP)
+	@mkdir -p $(dir $(BENCH_APT_LOG)) && rm -f $(BENCH_APT_LOG)
 	@missing=$$(for p in $(BENCH_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
-		apt-get update -qq; \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; } 2>&1 | tee $(BENCH_APT_LOG) \
+			|| echo "make bench: could not install $$missing (see $(BENCH_APT_LOG)); the libvirt benchmark will say so"; \
 	fi
 	$(BIN)/pip install -q $(BENCH_PIP_PACKAGES)
 	$(BIN)/python -m bench

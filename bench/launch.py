@@ -12,6 +12,10 @@ accounts (the range base at 393216 and the reaper):
 ``cli``
     ``qemu-depriv --state-dir DIR launch CFG --json``, timed until it exits.
 
+Two more variants, which start no VM, split the CLI's time: ``cli_startup`` is
+``qemu-depriv --version`` (the interpreter, every import and the parser) and ``python`` is the
+bare interpreter (``python -c pass``).
+
 Every VM is stopped right after it is measured (the stop is not timed here; see
 :mod:`bench.libvirt`).  Targets: library at most 1.3x raw, CLI at most 4x raw.
 
@@ -21,6 +25,7 @@ Usage: python -m bench.launch OUT.json
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +41,7 @@ from bench.common import (
     host_info,
     log,
     paired_ratio,
+    qd_cli,
     ratio,
     rotations,
     state_root,
@@ -55,7 +61,7 @@ from qemu_depriv.state import StateStore
 REPETITIONS = 20
 WARMUP = 2
 TARGETS = {"library": 1.3, "cli": 4.0}
-VARIANTS = ("raw", "library", "cli")
+VARIANTS = ("raw", "library", "cli", "cli_startup", "python")
 
 
 class Bench:
@@ -107,9 +113,24 @@ class Bench:
                 self.launcher.stop(name)
         return run.seconds
 
+    @staticmethod
+    def cli_startup() -> float:
+        return timed([qd_cli(), "--version"])
+
+    @staticmethod
+    def python() -> float:
+        return timed([sys.executable, "-c", "pass"])
+
     def stop_all(self) -> None:
         for record in self.launcher.store.all() if self.launcher.store.exists() else []:
             self.launcher.stop(record.name, timeout=5)
+
+
+def timed(command: list[str]) -> float:
+    """Seconds a command takes to run to completion; it must succeed."""
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+    return time.perf_counter() - start
 
 
 def profiles(bench: Bench, missed: list[str]) -> dict[str, Any]:
@@ -136,14 +157,20 @@ def main() -> None:
     enter_accounts(root, LAUNCH_PASSWD, LAUNCH_GROUP)
     bench = Bench(root)
     series: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    measure = {"raw": bench.raw, "library": bench.library, "cli": bench.cli}
+    measure = {
+        "raw": bench.raw,
+        "library": bench.library,
+        "cli": bench.cli,
+        "cli_startup": bench.cli_startup,
+        "python": bench.python,
+    }
     try:
         for _ in range(WARMUP):
             for variant in VARIANTS:
                 measure[variant]()
         for rep, variant in rotations(VARIANTS, REPETITIONS):
             series[variant].append(measure[variant]())
-            if variant == VARIANTS[-1] or rep == 0:
+            if variant == "cli":
                 log(f"rep {rep} {variant}: {series[variant][-1] * 1000:.0f} ms")
         ratios = {v: ratio(series[v], series["raw"]) for v in TARGETS}
         missed = [v for v, r in ratios.items() if r is None or r > TARGETS[v]]
@@ -170,6 +197,8 @@ def main() -> None:
                 f"-runas {RANGE_BASE + RAW_SLOT}:{RANGE_BASE}  (until QMP handshake)",
                 "library": "Launcher.launch(LaunchRequest(DomainConfig(name, memory=64)))",
                 "cli": "qemu-depriv --state-dir DIR launch CFG --json",
+                "cli_startup": "qemu-depriv --version  (no VM: interpreter, imports, parser)",
+                "python": "python -c pass  (no VM: the bare interpreter of the venv)",
             },
             "host": host_info(),
         },

@@ -36,6 +36,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from bench.common import (
     LAUNCH_GROUP,
     LAUNCH_PASSWD,
     LIBVIRT_QEMU_UID,
+    RESULTS,
     bench_processes,
     exit_on_sigterm,
     group_line,
@@ -184,7 +186,17 @@ class Libvirt:
         """
         for binary in ("/usr/sbin/libvirtd", "/usr/sbin/virtlogd", VIRSH):
             if not Path(binary).exists():
-                raise LibvirtUnavailable(f"{binary} is not installed (make bench installs it)")
+                apt = RESULTS / "logs" / "apt.log"
+                said = (
+                    apt.read_text(errors="replace").strip().splitlines()[-5:]
+                    if apt.exists()
+                    else []
+                )
+                raise LibvirtUnavailable(
+                    f"{binary} is not installed (make bench installs libvirt-daemon, "
+                    "libvirt-daemon-driver-qemu and libvirt-clients)"
+                    + (f"; apt-get said: {' | '.join(said)}" if said else "")
+                )
         start = time.perf_counter()
         for daemon in ("virtlogd", "libvirtd"):
             with (self.root / f"{daemon}.log").open("wb") as out:
@@ -289,6 +301,8 @@ def stop_summary(observations: list[StopObservation]) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "returned": summarize([o.returned for o in observations]),
         "failures": [o.error for o in observations if o.code != 0],
+        "runs_with_live_processes_at_return": sum(1 for o in observations if o.live_at_return),
+        "count": len(observations),
     }
     for role in roles:
         entries = [w for o in observations for w in o.watched if w.role == role]
@@ -304,6 +318,9 @@ def stop_summary(observations: list[StopObservation]) -> dict[str, Any]:
             ),
             "count": len(pairs),
             "parent_at_start": sorted({w.parent for w in entries}),
+            "exit_codes_seen_by_subreaper": dict(
+                Counter(str(w.exit_code) for w in entries if w.exit_code is not None)
+            ),
         }
     return summary
 

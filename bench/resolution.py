@@ -62,6 +62,13 @@ REPETITIONS = {"large": 60, "small": 3000}
 #: Resolutions per profile: about a second of work each.
 PROFILE_COUNT = {"large": 60, "small": 20000}
 WARMUP = {"large": 2, "small": 200}
+LAYOUT = {
+    "large": "the seed's layout: xen-qemuuser-base at uid 393216 and xen-qemuuser-base1..65535 "
+    "at the next uids, each with its own group, then the accounts of the other tiers appended "
+    "(reusing uids of the block); the range tier runs as the seed's named xen-qemuuser-base7",
+    "small": "xen-qemuuser-range-base at 393216, the tier accounts and the reaper; the range "
+    "tier runs as the numeric 393223:393216",
+}
 SHARED_PREFIX = "xen-qemushr"
 NONE_PREFIX = "xen-qemunone"
 
@@ -243,6 +250,7 @@ def main() -> None:
             "passwd_lines": len(passwd) + 2,
             "group_lines": len(group) + 2,
             "passwd_bytes": passwd_size,
+            "layout": LAYOUT[kind],
             "repetitions": REPETITIONS[kind],
             "target_ratio": TARGET,
             "tiers": tiers,

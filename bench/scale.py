@@ -299,7 +299,7 @@ def cli_round(root: Path, state_dir: Path, round_no: int, *, profile: bool) -> d
     }
     if profile:
         result["profiles"] = {
-            "launch": render_file(out / "launch.pyisession", launches[PROFILED][-6:]),
+            "launch": render_file(out / "launch.pyisession", ["launch", configs[PROFILED].name]),
             "stop": render_file(out / "stop.pyisession", ["stop", names[PROFILED]]),
         }
     return result
@@ -323,6 +323,8 @@ def main() -> None:
                 last = rep == ROUNDS - 1
                 rounds["cli"].append(cli_round(root, state_dir, rep, profile=last))
     finally:
+        for vm in run_qd(state_dir, "list").data.get("vms", []):  # after a failure: stop all
+            run_qd(state_dir, "stop", vm["name"])
         kill_pids(p.pid for p in wait_for_no_bench_processes(10))
     raw_seconds = [r["seconds"] for r in rounds["raw"]]
     cli_seconds = [r["launch_seconds"] for r in rounds["cli"]]

@@ -19,7 +19,7 @@ from typing import Any
 
 from qemu.qmp import ConnectError, QMPClient
 
-from bench.common import RANGE_BASE, qd_cli, read_proc
+from bench.common import RANGE_BASE, bench_processes, qd_cli, read_proc
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 MEMORY_MIB = 64
@@ -168,6 +168,8 @@ class Watched:
     started: int | None
     dead: float | None = None
     reaped: float | None = None
+    #: The exit code (negative: killed by that signal), when this worker reaped it.
+    exit_code: int | None = None
 
 
 @dataclass
@@ -179,6 +181,7 @@ class StopObservation:
     error: str
     watched: list[Watched]
     reaper: str
+    live_at_return: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form, with each process's state when the command returned."""
@@ -212,11 +215,13 @@ def observe_stop(
         text=True,
     )  # fmt: skip
     returned: float | None = None
+    live_at_return: list[int] = []
     deadline = start + cap
     while True:
         now = time.perf_counter() - start
         if returned is None and process.poll() is not None:
             returned = now
+            live_at_return = [p.pid for p in bench_processes()]
         pending = False
         for entry in watched:
             if entry.reaped is not None:
@@ -226,7 +231,9 @@ def observe_stop(
                 entry.dead = now
             if state == "zombie" and reap:
                 with contextlib.suppress(ChildProcessError):
-                    os.waitpid(entry.pid, os.WNOHANG)
+                    pid, status = os.waitpid(entry.pid, os.WNOHANG)
+                    if pid == entry.pid:
+                        entry.exit_code = os.waitstatus_to_exitcode(status)
                 state = proc_state(entry.pid, entry.started)
             if state == "gone":
                 entry.reaped = now
@@ -245,4 +252,5 @@ def observe_stop(
         error=error_text(stderr) if process.returncode else "",
         watched=watched,
         reaper="bench worker (child subreaper, reaps at once)" if reap else "PID 1",
+        live_at_return=live_at_return,
     )

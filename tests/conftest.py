@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,3 +53,12 @@ def no_qemu_left_running() -> Iterator[None]:
         if b"/tmp/bench-" not in Path(f"/proc/{pid}/cmdline").read_bytes()
     }
     assert not left, f"the suite left QEMU processes running: {sorted(left)}"
+
+
+def mark_folder(items: list[pytest.Item], folder: Path, marker: pytest.MarkDecorator) -> None:
+    """Mark the tests under ``folder``; skip them, with the reason, when not run as root."""
+    for item in items:
+        if folder in Path(str(item.fspath)).parents:
+            item.add_marker(marker)
+            if os.geteuid() != 0:
+                item.add_marker(pytest.mark.skip(reason="needs root (namespaces, real QEMU)"))

@@ -5,10 +5,11 @@ Every command line is logged at debug level before it runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from qemu_depriv.errors import EnvironmentFailure
 
@@ -27,23 +28,20 @@ def run_command(
         EnvironmentFailure: the program is missing, not executable, or ran past ``timeout``.
     """
     log.debug("running %s", shlex.join(argv))
-    try:
-        return subprocess.run(
-            list(argv),
-            env=dict(env),
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except FileNotFoundError as exc:
-        raise EnvironmentFailure(f"{argv[0]}: no such program: install it or fix the path") from exc
-    except PermissionError as exc:
-        raise EnvironmentFailure(f"{argv[0]}: not executable: {exc.strerror}") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise EnvironmentFailure(f"{shlex.join(argv)}: no answer within {timeout} s") from exc
+    with _program_errors(argv):
+        try:
+            return subprocess.run(
+                list(argv),
+                env=dict(env),
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise EnvironmentFailure(f"{shlex.join(argv)}: no answer within {timeout} s") from exc
 
 
 def spawn(
@@ -63,20 +61,28 @@ def spawn(
             failed in the child.
     """
     log.debug("starting %s", shlex.join(argv))
+    with _program_errors(argv):
+        try:
+            return subprocess.Popen(
+                list(argv),
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr_fd,
+                close_fds=True,
+                start_new_session=True,
+                preexec_fn=before_exec,  # noqa: PLW1509 - the CLI is single-threaded when it spawns
+            )
+        except subprocess.SubprocessError as exc:
+            raise EnvironmentFailure(f"{argv[0]}: the pre-exec restrictions failed: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _program_errors(argv: Sequence[str]) -> Iterator[None]:
+    """A program that is missing or not executable, as the one error the caller reports."""
     try:
-        return subprocess.Popen(
-            list(argv),
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr_fd,
-            close_fds=True,
-            start_new_session=True,
-            preexec_fn=before_exec,  # noqa: PLW1509 - the CLI is single-threaded when it spawns
-        )
+        yield
     except FileNotFoundError as exc:
         raise EnvironmentFailure(f"{argv[0]}: no such program: install it or fix the path") from exc
     except PermissionError as exc:
         raise EnvironmentFailure(f"{argv[0]}: not executable: {exc.strerror}") from exc
-    except subprocess.SubprocessError as exc:
-        raise EnvironmentFailure(f"{argv[0]}: the pre-exec restrictions failed: {exc}") from exc

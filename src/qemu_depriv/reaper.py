@@ -25,7 +25,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from qemu_depriv.errors import EnvironmentFailure
@@ -57,18 +57,23 @@ def _reap_in_child(vm_uid: int, reaper_uid: int) -> int:
     return _NOT_EMPTY
 
 
-def kill_uid(vm_uid: int, reaper_uid: int, *, lock: Path = REAPER_LOCK) -> None:
+def kill_uid(vm_uid: int, choose_reaper: Callable[[int], int], *, lock: Path = REAPER_LOCK) -> None:
     """Kill every process of ``vm_uid``.
+
+    ``choose_reaper`` picks the reaper's uid once the host-wide lock is held, so that the
+    reapers of other teardowns (which own the reaper uid while they run) are finished and do
+    not make it look busy.
 
     Raises:
         EnvironmentFailure: either uid is 0, the two are equal, the child could not switch
-            uids, the lock stayed taken, or processes survived every round.
+            uids, the lock could not be had, or processes survived every round.
     """
-    if 0 in (vm_uid, reaper_uid) or vm_uid == reaper_uid:
-        raise EnvironmentFailure(
-            f"refusing to kill by uid with vm uid {vm_uid} and reaper uid {reaper_uid}"
-        )
     with _host_lock(lock):
+        reaper_uid = choose_reaper(vm_uid)
+        if 0 in (vm_uid, reaper_uid) or vm_uid == reaper_uid:
+            raise EnvironmentFailure(
+                f"refusing to kill by uid with vm uid {vm_uid} and reaper uid {reaper_uid}"
+            )
         for _ in range(RETRIES):
             code = _reap(vm_uid, reaper_uid)
             if code != -signal.SIGKILL:
@@ -101,7 +106,11 @@ def _reap(vm_uid: int, reaper_uid: int) -> int:
 @contextlib.contextmanager
 def _host_lock(path: Path, timeout: float = 30.0) -> Iterator[None]:
     """An exclusive flock on ``path``, waited for at most ``timeout`` seconds."""
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise EnvironmentFailure(f"the reaper lock {path}: {exc.strerror}") from exc
     try:
         deadline = time.monotonic() + timeout
         while True:

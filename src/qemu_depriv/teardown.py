@@ -35,6 +35,8 @@ from qemu_depriv.state import StateStore, VmRecord
 
 log = logging.getLogger(__name__)
 _POLL = 0.01
+#: (uid_t)-2: no account's, and ownerless unless root hands it to a process.
+LAST_RESORT_REAPER = 2**32 - 2
 
 
 def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
@@ -121,12 +123,14 @@ class Teardown:
         Raises:
             EnvironmentFailure: see :func:`qemu_depriv.reaper.kill_uid`.
         """
-        kill_uid(uid, self._reaper_uid(uid))
+        kill_uid(uid, self._reaper_uid)
 
     def _reaper_uid(self, vm_uid: int) -> int:
-        """The reaper account's uid, else the range base uid, else the VM's own uid.
+        """The reaper account's uid, else the range base uid, else the overflow uid.
 
-        A candidate that owns live processes is passed over: the reaper would kill them.
+        Chosen under the reapers' host-wide lock.  A candidate that owns live processes is
+        passed over: the reaper would kill them.  The last resort, (uid_t)-2, is no account's
+        and can own a process only if root gives it one.
         """
         prefix = self.settings.prefix
         for name in (f"{prefix}-reaper", f"{prefix}-range-base", f"{prefix}-base"):
@@ -137,14 +141,18 @@ class Teardown:
                 and not live_pids_of_uid(account.uid)
             ):
                 return account.uid
-        log.warning(
-            "no %s-reaper or range base account owns no processes: killing uid %d with itself "
-            "as the real uid, which its processes could resist; create %s-reaper",
-            prefix,
-            vm_uid,
-            prefix,
+        if not live_pids_of_uid(LAST_RESORT_REAPER):
+            log.warning(
+                "no %s-reaper or range base account is usable: reaping with uid %d; "
+                "create one with 'qemu-depriv provision reaper'",
+                prefix,
+                LAST_RESORT_REAPER,
+            )
+            return LAST_RESORT_REAPER
+        raise EnvironmentFailure(
+            f"no usable reaper uid to kill the processes of uid {vm_uid}: create one with "
+            "'qemu-depriv provision reaper'"
         )
-        return vm_uid
 
     def remove_dirs(self, paths: VmPaths) -> list[str]:
         """Remove the run directory and the chroot; return warnings for a quarantined chroot."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from qemu_depriv.procs import live_pids_of_uid
 from qemu_depriv.recovery import orphan_qemus
+from tests.conftest import mark_folder
 from tests.system.conftest import cli, failing_nss_modules, vmhost
 from tests.system.vmhost import VmHost, vm_uids
 
@@ -19,11 +19,7 @@ HERE = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if HERE in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.faults)
-            if os.geteuid() != 0:
-                item.add_marker(pytest.mark.skip(reason="needs root (namespaces, real QEMU)"))
+    mark_folder(items, HERE, pytest.mark.faults)
 
 
 def assert_consistent(host: VmHost) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import subprocess
 import time
+from collections import Counter
 
 from tests.faults.conftest import assert_consistent
 from tests.system.vmhost import VmHost
@@ -43,44 +44,40 @@ def _recover(host: VmHost) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def _trials(
+    host: VmHost, seed: int, span: float, *, before: list[str], kill: list[str]
+) -> Counter[str]:
+    """Run ``before`` (if any), SIGKILL ``kill`` at a random moment, recover, check; repeat."""
+    rng = random.Random(seed)  # reproducible moments
+    outcomes: Counter[str] = Counter()
+    for _ in range(TRIALS):
+        if before:
+            assert host.run(*before).returncode == 0
+        how = _kill_at(host, rng.uniform(0, span), *kill)
+        _recover(host)
+        assert_consistent(host)
+        running = bool(host.vms())
+        outcomes[f"{how}, then {'running' if running else 'nothing'}"] += 1
+        if running:
+            assert host.run("stop", "web").returncode == 0
+        assert_consistent(host)
+    assert sum(n for o, n in outcomes.items() if o.startswith("killed")) >= TRIALS // 3
+    return outcomes
+
+
 def test_launch_killed_at_random_moments_leaves_a_running_vm_or_nothing(vmhost: VmHost) -> None:
     config = str(vmhost.config("web"))
     span = _duration(vmhost, "launch", config) * 1.2
     assert vmhost.run("stop", "web").returncode == 0
-    rng = random.Random(9)  # reproducible moments
-    outcomes: dict[str, int] = {}
-    for _ in range(TRIALS):
-        how = _kill_at(vmhost, rng.uniform(0, span), "launch", config)
-        _recover(vmhost)
-        assert_consistent(vmhost)
-        running = [vm["name"] for vm in vmhost.vms()]
-        outcome = f"{how}, then {'running' if running else 'nothing'}"
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        if running:
-            assert vmhost.run("stop", "web").returncode == 0
-        assert_consistent(vmhost)
-    print("launch trials:", outcomes)
-    assert sum(n for o, n in outcomes.items() if o.startswith("killed")) >= TRIALS // 3
+    print("launch trials:", dict(_trials(vmhost, 9, span, before=[], kill=["launch", config])))
 
 
 def test_stop_killed_at_random_moments_leaves_a_running_vm_or_nothing(vmhost: VmHost) -> None:
     config = str(vmhost.config("web"))
     assert vmhost.run("launch", config).returncode == 0
     span = _duration(vmhost, "stop", "web") * 1.2
-    rng = random.Random(11)
-    outcomes: dict[str, int] = {}
-    for _ in range(TRIALS):
-        assert vmhost.run("launch", config).returncode == 0
-        how = _kill_at(vmhost, rng.uniform(0, span), "stop", "web")
-        _recover(vmhost)
-        assert_consistent(vmhost)
-        running = [vm["name"] for vm in vmhost.vms()]
-        outcome = f"{how}, then {'running' if running else 'nothing'}"
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        if running:
-            assert vmhost.run("stop", "web").returncode == 0
-    print("stop trials:", outcomes)
-    assert sum(n for o, n in outcomes.items() if o.startswith("killed")) >= TRIALS // 3
+    outcomes = _trials(vmhost, 11, span, before=["launch", config], kill=["stop", "web"])
+    print("stop trials:", dict(outcomes))
 
 
 def test_the_next_launch_recovers_by_itself(vmhost: VmHost) -> None:

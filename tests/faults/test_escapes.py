@@ -8,16 +8,7 @@ import socket
 import time
 
 from qemu_depriv.procs import live_pids_of_uid
-from tests.system.vmhost import VmHost, start_escapee
-
-
-def _wait(condition: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return True
-        time.sleep(0.05)
-    return False
+from tests.system.vmhost import VmHost, start_escapee, wait_for
 
 
 def _hold_qmp_socket(path: str, uid: int, gid: int) -> int:
@@ -45,7 +36,7 @@ def test_nothing_of_the_vm_survives_stop_however_it_hides(vmhost: VmHost) -> Non
     uid, gid = vm["uid"], vm["gid"]
     start_escapee(uid, gid)  # double fork, setsid, ignores SIGTERM and SIGHUP
     holder = _hold_qmp_socket(vm["qmp"], uid, gid)  # and one holding the QMP connection
-    assert _wait(lambda: len(live_pids_of_uid(uid)) >= 4)
+    assert wait_for(lambda: len(live_pids_of_uid(uid)) >= 4)
     started = time.monotonic()
     done = vmhost.run("stop", "web", "--timeout", "3")
     assert done.returncode == 0, done.stderr
@@ -58,7 +49,7 @@ def test_a_uid_whose_processes_outlive_their_vm_is_not_handed_on(vmhost: VmHost)
     vm = vmhost.launch("web", "--domid", "6")
     assert vmhost.run("stop", "web").returncode == 0
     start_escapee(vm["uid"], vm["gid"])  # appears after the stop, as if it raced it
-    assert _wait(lambda: bool(live_pids_of_uid(vm["uid"])))
+    assert wait_for(lambda: bool(live_pids_of_uid(vm["uid"])))
     done = vmhost.run("launch", str(vmhost.config("db")), "--domid", "6")
     assert done.returncode == 3
     assert f"processes of uid {vm['uid']}" in done.stderr

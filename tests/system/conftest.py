@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from qemu_depriv.scratch import FILES_ONLY, write_scratch_accounts
+from tests.conftest import mark_folder
 from tests.system.vmhost import VmHost
 
 HERE = Path(__file__).parent
@@ -22,11 +23,7 @@ NSEXEC = HERE / "nsexec.py"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if HERE in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.system)
-            if os.geteuid() != 0:
-                item.add_marker(pytest.mark.skip(reason="needs root (namespaces, bind mounts)"))
+    mark_folder(items, HERE, pytest.mark.system)
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +13,16 @@ import pytest
 from qemu_depriv.inspect import parse_status
 from qemu_depriv.procs import live_pids_of_uid
 from qemu_depriv.qemu.qmp import QmpConnection
-from tests.system.vmhost import EXPLICIT_UID, RANGE_BASE, VmHost, leftovers, start_escapee
+from tests.system.vmhost import (
+    EXPLICIT_UID,
+    GROUP,
+    PASSWD,
+    RANGE_BASE,
+    VmHost,
+    leftovers,
+    start_escapee,
+    wait_for,
+)
 
 
 def status_of(pid: int) -> dict[str, object]:
@@ -26,15 +34,6 @@ def status_of(pid: int) -> dict[str, object]:
         "cap_eff": status.cap_eff,
         "root": str(Path(f"/proc/{pid}/root").readlink()),
     }
-
-
-def wait_for(condition: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_qemu_runs_as_the_decisions_uid_with_no_capabilities(vmhost: VmHost) -> None:
@@ -235,3 +234,23 @@ def test_a_bad_config_is_invalid_input_and_starts_nothing(vmhost: VmHost, conten
     assert done.returncode == 2
     assert str(path) in done.stderr
     assert leftovers() == []
+
+
+def test_without_a_reaper_or_range_account_stop_still_kills_everything(vmhost: VmHost) -> None:
+    vmhost.accounts(passwd=(PASSWD[2],), group=(GROUP[2],))  # qemu-alice only
+    vm = vmhost.launch("db", device_model_user="qemu-alice")
+    start_escapee(vm["uid"], vm["gid"])
+    assert wait_for(lambda: len(live_pids_of_uid(vm["uid"])) >= 3)
+    done = vmhost.run("stop", "db")
+    assert done.returncode == 0, done.stderr
+    assert live_pids_of_uid(vm["uid"]) == []
+
+
+def test_six_vms_stopped_at_once_all_stop(vmhost: VmHost) -> None:
+    vms = [vmhost.launch(f"vm{i}") for i in range(6)]
+    for vm in vms:
+        start_escapee(vm["uid"], vm["gid"])
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda vm: vmhost.run("stop", vm["name"]), vms))
+    assert [r.returncode for r in results] == [0] * 6, [r.stderr for r in results]
+    assert all(live_pids_of_uid(vm["uid"]) == [] for vm in vms)

@@ -64,6 +64,10 @@ class QmpConnection:
                 self._run(self._client.connect(str(self._socket)), left)
             except ConnectError:
                 time.sleep(_RETRY)
+            except EnvironmentFailure as exc:  # the deadline passed mid-attempt
+                raise EnvironmentFailure(
+                    f"QEMU did not answer on {self._socket} within {timeout} s"
+                ) from exc
             else:
                 return
 

@@ -29,10 +29,21 @@ from qemu_depriv.qemu.devices import (
 )
 
 
-def _control(paths: VmPaths) -> list[str]:
+def _head(caps: QemuCaps, paths: VmPaths, domid: int) -> list[str]:
+    """What every Xen device model starts with.
+
+    The domain, QMP (libxl's control chardev and monitor), paused, no default devices, no user
+    configuration.
+    """
     return [
+        caps.binary,
+        "-xen-domid", str(domid),
+        "-no-shutdown",
         "-chardev", f"socket,id=libxl-cmd,path={paths.qmp},server=on,wait=off",
         "-mon", "chardev=libxl-cmd,mode=control",
+        "-S",
+        "-nodefaults",
+        "-no-user-config",
     ]  # fmt: skip
 
 
@@ -71,13 +82,7 @@ def xen_argv(
     disks, _ = disk_args(config)
     smp = ["-smp", f"{config.vcpus},maxcpus={config.max_vcpus}"] if config.max_vcpus > 1 else []
     return [
-        caps.binary,
-        "-xen-domid", str(domid),
-        "-no-shutdown",
-        *_control(paths),
-        "-S",
-        "-nodefaults",
-        "-no-user-config",
+        *_head(caps, paths, domid),
         "-name", config.name,
         "-vnc", vnc_address(config) if vnc_on else "none",
         "-display", "none",
@@ -133,13 +138,7 @@ def xen_pv_argv(
     vnc = _pv_vnc(config)
     display = ["-vnc", vnc] if vnc else ([] if config.sdl else ["-nographic"])
     return [
-        caps.binary,
-        "-xen-domid", str(domid),
-        "-no-shutdown",
-        *_control(paths),
-        "-S",
-        "-nodefaults",
-        "-no-user-config",
+        *_head(caps, paths, domid),
         "-xen-attach",
         "-name", config.name,
         *display,
