@@ -505,14 +505,37 @@ class Summary:
             self.lines += profile_lines(f"one {what} among the 100 concurrent ones", profile)
 
     def audit(self) -> None:
+        self.lines += ["## 6. Audit over 100 device models", ""]
+        result = self.results.get("audit")
+        if not result:
+            self.lines += ["The audit worker wrote no result; see runs.json.", ""]
+            self.glance.append(
+                ["6", "audit over 100 device models", "no result", "-", "-", "-", ""]
+            )
+            return
+        variants, target = result["variants"], result["target_seconds"]
         self.lines += [
-            "## 6. Audit over 100 device models",
+            f"{result['device_models']} QEMUs (`-machine none`, paused), each as its own uid, "
+            "audited through the library and the CLI, alternating with `ps` listing the same "
+            "processes. Command: `python -m bench.audit OUT.json`.",
             "",
-            "TODO(bench-audit-100): not measured. This benchmark is to be added by the owner of "
-            "the audit command; there is deliberately no number here.",
-            "",
+            "| | median | ratio to ps | target |",
+            "|---|---|---|---|",
         ]
-        self.glance.append(["6", "audit over 100 device models", "TODO", "-", "-", "-", ""])
+        for name in ("ps", "library", "cli"):
+            median = variants[name]["median"]
+            ratio_text = "1.00x" if name == "ps" else f"{result['ratios'][name]:.2f}x"
+            goal = "" if name == "ps" else f"<= {target * 1000:.0f} ms"
+            self.lines.append(f"| {name} | {median * 1000:.1f} ms | {ratio_text} | {goal} |")
+        self.lines.append("")
+        for name in ("library", "cli"):
+            median = variants[name]["median"]
+            met = "met" if median <= target else "**missed**"
+            self.glance.append(
+                ["6", f"audit of 100, {name}", f"{median * 1000:.1f} ms",
+                 f"{variants['ps']['median'] * 1000:.1f} ms (ps)",
+                 f"{result['ratios'][name]:.2f}x", f"<= {target * 1000:.0f} ms", met]
+            )  # fmt: skip
 
 
 # -- the plot -------------------------------------------------------------------------------

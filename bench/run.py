@@ -36,6 +36,7 @@ WORKERS: tuple[tuple[str, tuple[str, ...], float], ...] = (
     ("launch", ("bench.launch",), 300),
     ("libvirt", ("bench.libvirt",), 600),
     ("scale", ("bench.scale",), 900),
+    ("audit", ("bench.audit",), 300),
 )
 TERM_GRACE = 30.0
 

@@ -18,14 +18,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qemu_depriv.errors import AccountLookupError
 from qemu_depriv.inspect import NAMESPACES, Snapshot, own_namespaces, snapshot, start_time
 from qemu_depriv.layers import controller_path
 from qemu_depriv.nss import AccountLookup
 from qemu_depriv.provision import NOLOGIN_SHELLS
-from qemu_depriv.state import VmRecord
+
+if TYPE_CHECKING:
+    from qemu_depriv.state import VmRecord
 
 _QEMU_EXE = re.compile(r"qemu-system-[\w.-]+|qemu-kvm|qemu-dm")
 
@@ -318,3 +320,19 @@ def host_namespaces() -> dict[str, str]:
         return {n: str(Path(f"/proc/1/ns/{n}").readlink()) for n in NAMESPACES}
     except OSError:
         return own_namespaces()
+
+
+def audit_host(state_dir: Path, lookup: AccountLookup) -> list[Audited]:
+    """Find, read and judge every QEMU process on this host, against ``state_dir``'s leases."""
+    from qemu_depriv.cgroups import CgroupHost  # noqa: PLC0415 - keeps this module's import light
+    from qemu_depriv.state import StateStore  # noqa: PLC0415
+
+    store = StateStore(state_dir)
+    records = store.all() if store.exists() else []
+    placement = CgroupHost.detect().placement()
+
+    def cgroup_root(controller: str) -> Path | None:
+        return placement[controller][1] if controller in placement else None
+
+    observed = [o for pid in qemu_pids() if (o := observe(pid, lookup, cgroup_root)) is not None]
+    return findings_for(observed, records, state_dir=state_dir, host_namespaces=host_namespaces())

@@ -98,6 +98,8 @@ def validate_prefix(prefix: str) -> str:
 
 
 DOMAIN_TYPES = ("hvm", "pv", "pvh")
+#: How a device model runs: QEMU as the whole VM, or as a Xen domain's device model.
+MODES = ("standalone", "xen")
 MEMORY_MIN_MIB = 1
 MEMORY_MAX_MIB = 16 * 1024 * 1024
 VCPUS_MAX = 512

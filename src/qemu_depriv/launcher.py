@@ -23,7 +23,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qemu_depriv.cgroups import CgroupHost, VmCgroup
 from qemu_depriv.domain import DOMID_MAX, DOMID_MIN, DomainConfig
@@ -40,14 +40,15 @@ from qemu_depriv.qemu.caps import CapsProbe
 from qemu_depriv.qemu.qmp import QmpConnection
 from qemu_depriv.qemu.xen import device_model_need, xen_argv, xen_pv_argv
 from qemu_depriv.reaper import signal_pid
-from qemu_depriv.recovery import RecoveryReport, recover_orphans
 from qemu_depriv.settings import Settings
 from qemu_depriv.state import StateStore, VmRecord, current_owner
 from qemu_depriv.teardown import Teardown, recorded_process, wait_until
 
+if TYPE_CHECKING:  # recovery imports the audit: only `recover` needs it, not every launch
+    from qemu_depriv.recovery import RecoveryReport
+
 log = logging.getLogger(__name__)
 
-MODES = ("standalone", "xen")
 #: sun_path is 108 bytes with its terminating NUL.
 SOCKET_PATH_MAX = 107
 
@@ -399,6 +400,8 @@ class Launcher:
 
     def recover(self) -> RecoveryReport:
         """Reconcile, then clean up what a crash left without a lease (see recovery.py)."""
+        from qemu_depriv.recovery import RecoveryReport, recover_orphans  # noqa: PLC0415
+
         report = RecoveryReport(torn_down=[r.name for r in self.reconcile()])
         recover_orphans(self.teardown, report)
         return report

@@ -35,6 +35,7 @@ from qemu_depriv.errors import EnvironmentFailure
 from qemu_depriv.inspect import UNLIMITED, Snapshot
 from qemu_depriv.policy import Decision, Tier
 from qemu_depriv.qemu.argv import VmPaths
+from qemu_depriv.settings import LayerSettings
 
 MIB = 1 << 20
 #: libxl's RLIMIT_FSIZE for a device model: Xen device models write no files.
@@ -54,27 +55,6 @@ FD_ALLOWLIST = (
     "/dev/null", "socket:[*", "pipe:[*", "anon_inode:*", "/dev/kvm", "/dev/ptmx", "/dev/pts/*",
     "/dev/urandom", "/dev/random", "/dev/net/tun", "/dev/xen/*", "/proc/xen/*", "/dev/dri/*",
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class LayerSettings:
-    """Which layers to apply, and their limits (the ``[layers]`` table of the config)."""
-
-    chroot: bool = True
-    seccomp: bool = True
-    no_new_privs: bool = True
-    namespaces: bool = True
-    rlimits: bool = True
-    cgroup: bool = True
-    fds: bool = True
-    memory_overhead_mib: int = 256
-    pids_max: int = 256
-    cpu_weight: int = 100
-    nofile: int = 4096
-
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON form."""
-        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)

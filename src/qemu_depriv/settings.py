@@ -5,6 +5,7 @@ The file (``--config FILE``, else ``/etc/qemu-depriv.toml`` when it exists) hold
     prefix = "xen-qemuuser"        # account-name prefix
     restrict = true                # fail closed: never root, never gid 0
     state_dir = "/run/qemu-depriv" # runtime state; dies with the host, as the VMs do
+    lock_timeout = 30.0            # seconds to wait for the state store before exit 4
 
     [layers]                       # every layer is on unless switched off here
     chroot = true
@@ -25,18 +26,37 @@ must not leave the administrator believing a setting took effect.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from qemu_depriv.domain import validate_prefix
 from qemu_depriv.errors import InvalidInput
-from qemu_depriv.layers import LayerSettings
 from qemu_depriv.policy import DEFAULT_PREFIX
 
 DEFAULT_CONFIG = Path("/etc/qemu-depriv.toml")
 DEFAULT_STATE_DIR = Path("/run/qemu-depriv")
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    """Which layers to apply, and their limits (the ``[layers]`` table of the config)."""
+
+    chroot: bool = True
+    seccomp: bool = True
+    no_new_privs: bool = True
+    namespaces: bool = True
+    rlimits: bool = True
+    cgroup: bool = True
+    fds: bool = True
+    memory_overhead_mib: int = 256
+    pids_max: int = 256
+    cpu_weight: int = 100
+    nofile: int = 4096
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -46,6 +66,7 @@ class Settings:
     prefix: str = DEFAULT_PREFIX
     restrict: bool = True
     state_dir: Path = DEFAULT_STATE_DIR
+    lock_timeout: float = 30.0
     layers: LayerSettings = field(default_factory=LayerSettings)
 
     def with_overrides(
@@ -77,6 +98,8 @@ def load_settings(path: Path | None) -> Settings:
         if not DEFAULT_CONFIG.exists():
             return Settings()
         path = DEFAULT_CONFIG
+    import tomllib  # noqa: PLC0415 - only when there is a file: every command starts here
+
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
@@ -89,7 +112,9 @@ def load_settings(path: Path | None) -> Settings:
 
 
 def _settings_from(path: Path, data: dict[str, Any]) -> Settings:
-    known = {"prefix": str, "restrict": bool, "state_dir": str, "layers": dict}
+    known = {
+        "prefix": str, "restrict": bool, "state_dir": str, "lock_timeout": float, "layers": dict,
+    }  # fmt: skip
     _check_keys(path, data, known)
     settings = Settings()
     if "layers" in data:
@@ -102,6 +127,10 @@ def _settings_from(path: Path, data: dict[str, Any]) -> Settings:
             if not 1 <= value <= (10000 if key == "cpu_weight" else 1 << 40):
                 raise InvalidInput(f"config {path}: layers.{key} = {value} is out of range")
         settings = replace(settings, layers=LayerSettings(**data["layers"]))
+    if "lock_timeout" in data:
+        if not 0 < data["lock_timeout"] <= 3600:
+            raise InvalidInput(f"config {path}: lock_timeout must be 0-3600 seconds")
+        settings = replace(settings, lock_timeout=data["lock_timeout"])
     return settings.with_overrides(
         prefix=data.get("prefix"),
         restrict=data.get("restrict"),
@@ -116,7 +145,8 @@ def _check_keys(path: Path, data: dict[str, Any], known: dict[str, type], table:
                 f"config {path}: unknown key {table}{key}: the keys are {', '.join(sorted(known))}"
             )
         kind = known[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        allowed = (int, float) if kind is float else kind
+        if not isinstance(value, allowed) or (kind in (int, float) and isinstance(value, bool)):
             raise InvalidInput(
                 f"config {path}: {table}{key} must be a {kind.__name__}, not {value!r}"
             )

@@ -113,7 +113,7 @@ class StateStore:
             past ``busy_timeout`` seconds.
     """
 
-    def __init__(self, state_dir: Path, *, busy_timeout: float = 10.0) -> None:
+    def __init__(self, state_dir: Path, *, busy_timeout: float = 30.0) -> None:
         self.state_dir = state_dir
         self._busy_timeout = busy_timeout
         self._connection: sqlite3.Connection | None = None
@@ -137,7 +137,9 @@ class StateStore:
                 self.path.chmod(0o600)
             connection.row_factory = sqlite3.Row
             connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute("PRAGMA synchronous = FULL")
+            # WAL with NORMAL survives any crash of a process; only a crash of the kernel may
+            # lose the newest commits, and the default store is on /run, a tmpfs, anyway.
+            connection.execute("PRAGMA synchronous = NORMAL")
             connection.executescript(SCHEMA)
             _migrate(connection)
         except (OSError, sqlite3.Error) as exc:

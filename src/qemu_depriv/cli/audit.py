@@ -5,24 +5,14 @@ from __future__ import annotations
 import argparse
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
-
-from qemu_depriv.audit import (
-    CODES,
-    Audited,
-    findings_for,
-    host_namespaces,
-    observe,
-    qemu_pids,
-    summary,
-)
-from qemu_depriv.cgroups import CgroupHost
 from qemu_depriv.cli.context import Commands, Context
 from qemu_depriv.cli.output import emit_json
 from qemu_depriv.errors import InvalidInput
-from qemu_depriv.nss import LibcLookup
-from qemu_depriv.state import StateStore
+
+if TYPE_CHECKING:
+    from qemu_depriv.audit import Audited
 
 WIDTH = 80
 
@@ -40,22 +30,14 @@ def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, context: Context) -> int:
     """Audit, print, export; exit 1 when any finding is a warning or worse."""
+    from qemu_depriv.audit import audit_host, summary
+    from qemu_depriv.nss import LibcLookup
+
     if args.prometheus is not None and not args.prometheus.parent.is_dir():
         raise InvalidInput(
             f"--prometheus {args.prometheus}: {args.prometheus.parent} is no directory"
         )
-    store = StateStore(context.settings.state_dir)
-    records = store.all() if store.exists() else []
-    placement = CgroupHost.detect().placement()
-    lookup = LibcLookup()
-
-    def cgroup_root(controller: str) -> Path | None:
-        return placement[controller][1] if controller in placement else None
-
-    observed = [o for pid in qemu_pids() if (o := observe(pid, lookup, cgroup_root)) is not None]
-    audited = findings_for(
-        observed, records, state_dir=context.settings.state_dir, host_namespaces=host_namespaces()
-    )
+    audited = audit_host(context.settings.state_dir, LibcLookup())
     report = summary(audited)
     if args.prometheus is not None:
         _export(args.prometheus, audited, report)
@@ -92,6 +74,10 @@ def _where(entry: Audited) -> str:
 
 def _export(path: Path, audited: list[Audited], report: dict[str, object]) -> None:
     """Node-exporter textfile format, written atomically by prometheus_client."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    from qemu_depriv.audit import CODES
+
     registry = CollectorRegistry()
     models = Gauge(
         "qemu_depriv_device_models", "QEMU processes on the host", ["ours"], registry=registry

@@ -5,23 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import textwrap
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qemu_depriv.cli.context import Commands, Context
 from qemu_depriv.cli.output import describe_decision, emit_json
-from qemu_depriv.demo import (
-    Escapee,
-    Event,
-    Refused,
-    Result,
-    Stopped,
-    VmShown,
-    demo_host,
-    demo_launcher,
-    resolution_scenarios,
-    vm_walkthrough,
-)
-from qemu_depriv.nss import LibcLookup
+
+if TYPE_CHECKING:
+    from qemu_depriv.demo import Event, Result
 
 
 def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
@@ -59,6 +49,8 @@ def _print_scenario(result: Result) -> None:
 
 
 def _print_event(event: Event) -> None:
+    from qemu_depriv.demo import Escapee, Refused, Stopped, VmShown
+
     if isinstance(event, VmShown):
         print(
             f"{event.name}: domid {event.domid}, tier {event.tier}, QEMU pid {event.pid}\n"
@@ -90,6 +82,9 @@ def _print_event(event: Event) -> None:
 
 def run(_args: argparse.Namespace, context: Context) -> int:
     """Run the resolution scenarios, then the VM walkthrough, printing each step."""
+    from qemu_depriv.demo import demo_host, demo_launcher, resolution_scenarios, vm_walkthrough
+    from qemu_depriv.nss import LibcLookup
+
     scenarios: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     with demo_host() as state_dir:

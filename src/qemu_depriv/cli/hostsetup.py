@@ -8,17 +8,7 @@ from pathlib import Path
 
 from qemu_depriv.cli.context import Commands, Context
 from qemu_depriv.cli.output import emit_json
-from qemu_depriv.doctor import check_accounts, check_kernel, check_qemu, check_state_dir
 from qemu_depriv.errors import InvalidInput, PolicyRefusal
-from qemu_depriv.nss import LibcLookup
-from qemu_depriv.provision import (
-    account_name,
-    apply_plan,
-    plan_range,
-    plan_single,
-    read_account_files,
-)
-from qemu_depriv.qemu.caps import CapsProbe
 
 KINDS = ("range", "shared", "reaper", "user")
 
@@ -43,6 +33,14 @@ def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
 
 def run_provision(args: argparse.Namespace, context: Context) -> int:
     """Plan, then apply unless ``--dry-run``; refuse to touch unsafe existing accounts."""
+    from qemu_depriv.provision import (
+        account_name,
+        apply_plan,
+        plan_range,
+        plan_single,
+        read_account_files,
+    )
+
     if not args.root.is_dir():
         raise InvalidInput(f"--root {args.root}: not a directory")
     if args.name is not None and args.kind != "user":
@@ -79,6 +77,10 @@ def run_provision(args: argparse.Namespace, context: Context) -> int:
 
 def run_doctor(args: argparse.Namespace, context: Context) -> int:
     """Run every check; exit 1 when something needs fixing."""
+    from qemu_depriv.doctor import check_accounts, check_kernel, check_qemu, check_state_dir
+    from qemu_depriv.nss import LibcLookup
+    from qemu_depriv.qemu.caps import CapsProbe
+
     settings = context.settings
     findings = [
         *check_qemu(CapsProbe(), args.qemu),

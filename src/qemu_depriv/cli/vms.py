@@ -6,15 +6,15 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qemu_depriv.cli.context import Commands, Context
 from qemu_depriv.cli.output import describe_decision, emit_json
-from qemu_depriv.domain import validate_domid
-from qemu_depriv.launcher import MODES, Launcher, LaunchRequest
-from qemu_depriv.recovery import RecoveryReport
-from qemu_depriv.state import VmRecord
-from qemu_depriv.xlcfg import load_domain
+from qemu_depriv.domain import MODES, validate_domid
+
+if TYPE_CHECKING:
+    from qemu_depriv.launcher import Launcher
+    from qemu_depriv.state import VmRecord
 
 
 def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
@@ -72,6 +72,9 @@ def vm_json(record: VmRecord, launcher: Launcher) -> dict[str, Any]:
 
 def run_launch(args: argparse.Namespace, context: Context) -> int:
     """Launch (or plan) one device model."""
+    from qemu_depriv.launcher import LaunchRequest
+    from qemu_depriv.xlcfg import load_domain
+
     request = LaunchRequest(
         config=load_domain(args.domain_file),
         domid=validate_domid(args.domid) if args.domid is not None else None,
@@ -152,6 +155,8 @@ def run_list(_args: argparse.Namespace, context: Context) -> int:
 
 def run_recover(_args: argparse.Namespace, context: Context) -> int:
     """Reconcile the store with the host; exit 0 when done."""
+    from qemu_depriv.recovery import RecoveryReport
+
     launcher = context.launcher()
     report = launcher.recover() if launcher.store.exists() else RecoveryReport()
     for warning in report.warnings:

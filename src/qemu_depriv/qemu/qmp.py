@@ -20,7 +20,8 @@ from qemu_depriv.errors import EnvironmentFailure
 
 log = logging.getLogger(__name__)
 
-_RETRY = 0.01
+#: The first wait between connection attempts, doubled up to the last.
+_FIRST_RETRY, _LAST_RETRY = 0.001, 0.01
 
 
 class QmpConnection:
@@ -52,6 +53,7 @@ class QmpConnection:
         ``alive`` is asked between tries: a QEMU that exited will never listen.
         """
         deadline = time.monotonic() + timeout
+        pause = _FIRST_RETRY
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -63,7 +65,8 @@ class QmpConnection:
             try:
                 self._run(self._client.connect(str(self._socket)), left)
             except ConnectError:
-                time.sleep(_RETRY)
+                time.sleep(pause)
+                pause = min(pause * 2, _LAST_RETRY)
             except EnvironmentFailure as exc:  # the deadline passed mid-attempt
                 raise EnvironmentFailure(
                     f"QEMU did not answer on {self._socket} within {timeout} s"
