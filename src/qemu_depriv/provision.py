@@ -172,7 +172,8 @@ def _orphan_group(name: str) -> str:
     return f"group {name} exists without its user: remove it (groupdel {name}) or add the user"
 
 
-def _unsafe(user: Entry) -> list[str]:
+def unsafe_account(user: Entry) -> list[str]:
+    """What is wrong with an existing account: uid or gid 0, a login shell."""
     problems = []
     if user.id == 0:
         problems.append(f"account {user.name} has uid 0: give it its own uid (usermod --uid)")
@@ -201,7 +202,7 @@ def plan_range(
         block = range(existing.id, existing.id + BLOCK)
         # The range's own account and group, and the seed's per-domid accounts, belong in it.
         own = re.compile(rf"{re.escape(prefix)}-(range-base|base[0-9]+|domid[0-9]+)\Z")
-        problems = _unsafe(existing)
+        problems = unsafe_account(existing)
         overlap = files.ids_in(block, ignore=lambda n: bool(own.match(n)))
         if overlap:
             problems.append(
@@ -247,7 +248,7 @@ def plan_single(files: AccountFiles, name: str, root: Path) -> ProvisionPlan:
     """
     existing = files.user(name)
     if existing is not None:
-        return ProvisionPlan(findings=tuple(_unsafe(existing)), present=(name,))
+        return ProvisionPlan(findings=tuple(unsafe_account(existing)), present=(name,))
     if files.group(name) is not None:
         return ProvisionPlan(findings=(_orphan_group(name),))
     used = {u.id for u in files.users} | {g.id for g in files.groups}

@@ -21,7 +21,6 @@ from qemu_depriv.inspect import (
 from qemu_depriv.layers import (
     XEN_FSIZE,
     LayerPlan,
-    LayerSettings,
     check_layers,
     controller_path,
     needs_network,
@@ -30,6 +29,7 @@ from qemu_depriv.layers import (
 )
 from qemu_depriv.policy import Decision, Tier
 from qemu_depriv.qemu.argv import vm_paths
+from qemu_depriv.settings import LayerSettings
 from qemu_depriv.xldevices import parse_disk, parse_vif
 
 SAMPLES = Path(__file__).parent / "samples"
