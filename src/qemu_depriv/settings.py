@@ -138,6 +138,12 @@ def _settings_from(path: Path, data: dict[str, Any]) -> Settings:
     )
 
 
+_KINDS = {
+    str: "a quoted string", bool: "true or false", int: "a whole number", float: "a number",
+    dict: "a table",
+}  # fmt: skip
+
+
 def _check_keys(path: Path, data: dict[str, Any], known: dict[str, type], table: str = "") -> None:
     for key, value in data.items():
         if key not in known:
@@ -147,6 +153,4 @@ def _check_keys(path: Path, data: dict[str, Any], known: dict[str, type], table:
         kind = known[key]
         allowed = (int, float) if kind is float else kind
         if not isinstance(value, allowed) or (kind in (int, float) and isinstance(value, bool)):
-            raise InvalidInput(
-                f"config {path}: {table}{key} must be a {kind.__name__}, not {value!r}"
-            )
+            raise InvalidInput(f"config {path}: {table}{key} must be {_KINDS[kind]}, not {value!r}")
