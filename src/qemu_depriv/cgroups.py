@@ -210,13 +210,14 @@ class VmCgroup:
         Raises:
             EnvironmentFailure: members survived ``timeout`` seconds.
         """
+        v1 = []
         for directory in self.directories():
-            if not directory.exists():
-                continue
             if self._is_v2(directory) and (directory / "cgroup.kill").exists():
                 _write(directory / "cgroup.kill", "1")
-            else:
-                self._freeze_and_kill(directory)
+            elif directory.exists():
+                v1.append(directory)
+        if v1:
+            self._freeze_and_kill()
         deadline = time.monotonic() + timeout
         while self.members():
             if time.monotonic() > deadline:
@@ -226,16 +227,19 @@ class VmCgroup:
                 )
             time.sleep(0.01)
 
-    def _freeze_and_kill(self, directory: Path) -> None:
+    def _freeze_and_kill(self) -> None:
+        """Freeze the group once, SIGKILL every member of every hierarchy, thaw it."""
         freezer = self._where.get("freezer")
-        frozen = freezer is not None and freezer[0] == "v1"
-        state = freezer[1] / PARENT / self.name / "freezer.state" if frozen and freezer else None
-        if state is not None and state.parent.exists():
+        state = None
+        if freezer is not None and freezer[0] == "v1":
+            state = freezer[1] / PARENT / self.name / "freezer.state"
+        frozen = state is not None and state.parent.exists()
+        if frozen and state is not None:
             _write(state, "FROZEN")
         try:
-            _kill_all(int(p) for p in (directory / "cgroup.procs").read_text().split())
+            _kill_all(self.members())
         finally:
-            if state is not None and state.parent.exists():
+            if frozen and state is not None:
                 _write(state, "THAWED")
 
     def remove(self) -> None:

@@ -23,11 +23,12 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemu_depriv.cgroups import CgroupHost, VmCgroup
-from qemu_depriv.domain import DOMID_MAX, DOMID_MIN, DomainConfig
-from qemu_depriv.errors import EnvironmentFailure, InvalidInput
+from qemu_depriv.domain import DomainConfig
+from qemu_depriv.errors import EnvironmentFailure, InvalidInput, PolicyRefusal
 from qemu_depriv.inspect import own_namespaces, snapshot, start_time
 from qemu_depriv.jail import Jail, jail_for
 from qemu_depriv.layers import LayerPlan, check_layers, plan_layers, verification
@@ -41,7 +42,7 @@ from qemu_depriv.qemu.qmp import QmpConnection
 from qemu_depriv.qemu.xen import device_model_need, xen_argv, xen_pv_argv
 from qemu_depriv.reaper import signal_pid
 from qemu_depriv.settings import Settings
-from qemu_depriv.state import StateStore, VmRecord, current_owner
+from qemu_depriv.state import StateStore, VmRecord, current_owner, smallest_free_domid
 from qemu_depriv.teardown import Teardown, recorded_process, wait_until
 
 if TYPE_CHECKING:  # recovery imports the audit: only `recover` needs it, not every launch
@@ -176,8 +177,11 @@ class Launcher:
 
     def free_domid(self) -> int:
         """The domid a launch without ``--domid`` would get now (for ``--dry-run``)."""
-        taken = {vm.domid for vm in self.store.all()} if self.store.exists() else set()
-        return next(d for d in range(DOMID_MIN, DOMID_MAX + 1) if d not in taken)
+        taken = [vm.domid for vm in self.store.all()] if self.store.exists() else []
+        domid = smallest_free_domid(taken)
+        if domid is None:
+            raise PolicyRefusal("every domid from 1 to 32751 is in use")
+        return domid
 
     def _restrict(self, request: LaunchRequest) -> bool:
         if request.restrict is not None:
@@ -269,12 +273,12 @@ class Launcher:
         """QEMU's pid: the spawned process, or the child of the PID-namespace wrapper."""
         if not wrapped:
             return process.pid
-        children = f"/proc/{process.pid}/task/{process.pid}/children"
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
         found: list[int] = []
 
         def child_appeared() -> bool:
             try:
-                found[:] = [int(p) for p in open(children).read().split()]  # noqa: PTH123, SIM115
+                found[:] = [int(p) for p in children.read_text().split()]
             except FileNotFoundError:
                 return process.poll() is not None
             return bool(found) or process.poll() is not None

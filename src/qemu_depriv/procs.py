@@ -25,6 +25,11 @@ def live_pids_of_uid(uid: int, proc: Path = Path("/proc")) -> list[int]:
     return found
 
 
+def has_exited(pid: int, started: int) -> bool:
+    """Whether the recorded process is gone (a zombie counts as gone)."""
+    return not is_alive(pid, started)
+
+
 def is_alive(pid: int, started: int, proc: Path = Path("/proc")) -> bool:
     """Whether ``pid`` is still the process that started at ``started`` and is not a zombie."""
     if start_time(pid, proc) != started:

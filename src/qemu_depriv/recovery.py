@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import signal
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from qemu_depriv.audit import qemu_pids
 from qemu_depriv.inspect import read_status, start_time
-from qemu_depriv.procs import is_alive
+from qemu_depriv.procs import has_exited
 from qemu_depriv.qemu.argv import vm_paths
 from qemu_depriv.reaper import signal_pid
 from qemu_depriv.teardown import Teardown, wait_until
@@ -72,7 +73,7 @@ def recover_orphans(teardown: Teardown, report: RecoveryReport) -> None:
         status = read_status(pid)
         log.warning("killing orphan QEMU pid %d (domid %s, no lease)", pid, domid)
         signal_pid(pid, started, signal.SIGKILL)
-        wait_until(lambda pid=pid, started=started: not is_alive(pid, started), 5.0)  # type: ignore[misc]
+        wait_until(partial(has_exited, pid, started), 5.0)
         report.orphans_killed.append(pid)
         uid = status.uids[1] if status is not None else 0
         if uid != 0 and uid not in held_uids:

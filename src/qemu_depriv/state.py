@@ -23,7 +23,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,7 +190,7 @@ class StateStore:
                     f"stop it first with 'qemu-depriv stop {name}'"
                 )
             if domid is None:
-                domid = next((d for d in range(DOMID_MIN, DOMID_MAX + 1) if d not in taken), None)
+                domid = smallest_free_domid(taken)
                 if domid is None:
                     raise PolicyRefusal("every domid from 1 to 32751 is in use")
             elif domid in taken:
@@ -312,6 +312,12 @@ class StateStore:
     def exists(self) -> bool:
         """Whether the database has been created (a read-only caller need not create it)."""
         return self.path.exists()
+
+
+def smallest_free_domid(taken: Iterable[int]) -> int | None:
+    """The smallest domid from 1 to 32751 that is not in ``taken``, or None."""
+    used = set(taken)
+    return next((d for d in range(DOMID_MIN, DOMID_MAX + 1) if d not in used), None)
 
 
 def current_owner() -> tuple[int, int]:
