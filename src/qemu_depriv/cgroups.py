@@ -32,6 +32,40 @@ WANTED = ("memory", "pids", "cpu")
 PARENT = "qemu-depriv"
 
 
+#: Room for a group's name: a directory name (255 bytes) and, later, a systemd unit name.
+GROUP_NAME_MAX = 200
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:")
+
+
+def unit_escape(text: str) -> str:
+    r"""Escape ``text`` as systemd-escape(1) does for one unit-name component.
+
+    ``/`` becomes ``-``; ASCII letters, digits, ``_``, ``.`` (but not a leading one) and ``:``
+    stay; every other byte, ``-`` included, becomes ``\xHH``.  The result is a valid
+    directory name and a valid part of a unit name, whatever the domain is called.
+    """
+    out = []
+    for index, char in enumerate(text):
+        if char == "/":
+            out.append("-")
+        elif char in _PLAIN and not (index == 0 and char == "."):
+            out.append(char)
+        else:
+            out += [f"\\x{byte:02x}" for byte in char.encode("utf-8", "surrogateescape")]
+    return "".join(out)
+
+
+def group_name(domid: int, name: str) -> str:
+    """The VM's group: ``DOMID-NAME``, escaped, and cut with a digest when too long."""
+    full = f"{domid}-{unit_escape(name)}"
+    if len(full) <= GROUP_NAME_MAX:
+        return full
+    import hashlib  # noqa: PLC0415 - only for domain names of 190 characters and more
+
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{full[: GROUP_NAME_MAX - 17]}_{digest}"
+
+
 @dataclass(frozen=True)
 class CgroupPlan:
     """The limits of one VM's group: bytes of memory, tasks, and cpu weight (1-10000)."""

@@ -36,6 +36,7 @@ DEMO_PASSWD = (
     f"xen-qemuuser-range-base:x:{RANGE_BASE}:{RANGE_BASE}::/nonexistent:/usr/sbin/nologin",
     "xen-qemuuser-web:x:120001:120001::/nonexistent:/usr/sbin/nologin",
     "xen-qemuuser-domid9:x:120009:120009::/nonexistent:/usr/sbin/nologin",
+    "xen-qemuuser-web.example.org:x:120010:120010::/nonexistent:/usr/sbin/nologin",
     "alice-qemu:x:120100:120100::/nonexistent:/usr/sbin/nologin",
     "xen-qemuuser-reaper:x:120900:120900::/nonexistent:/usr/sbin/nologin",
     "xen-qemuuser-evil:x:0:120200::/nonexistent:/usr/sbin/nologin",
@@ -46,6 +47,7 @@ DEMO_GROUP = (
     f"xen-qemuuser-range-base:x:{RANGE_BASE}:",
     "xen-qemuuser-web:x:120001:",
     "xen-qemuuser-domid9:x:120009:",
+    "xen-qemuuser-web.example.org:x:120010:",
     "alice-qemu:x:120100:",
     "xen-qemuuser-reaper:x:120900:",
     "xen-qemuuser-evil:x:120200:",
@@ -65,9 +67,8 @@ class Scenario:
 
 SCENARIOS = (
     Scenario("a user named after the domain", Request(1, name="web"), "name"),
-    Scenario(
-        "name not a valid user name, so per-domid user", Request(9, name="Mail.Server"), "domid"
-    ),
+    Scenario("a dotted name has its own account too", Request(10, name="web.example.org"), "name"),
+    Scenario("no account named after the domain: per-domid user", Request(9, name="Mail"), "domid"),
     Scenario("device_model_user wins", Request(5, name="db", user="alice-qemu"), "explicit"),
     Scenario("range: uid base+domid, no account needed", Request(3, name="build"), "range"),
     Scenario("the seed's prefix, shared user", Request(6, prefix="xen-qemudepriv"), "shared"),

@@ -16,12 +16,15 @@ from qemu_depriv.xldevices import Disk, Vif
 DOMID_MIN = 1
 DOMID_MAX = 32751
 
-DOMAIN_NAME_MAX = 64
-_DOMAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+#: xenstore holds at most 4096 bytes in one value, the domain's name among them: libxl
+#: cannot create a domain with a longer name, and sets no limit of its own.
+DOMAIN_NAME_MAX = 4000
 
-#: shadow's default rule for a user name (useradd without --badname), and its length limit.
+#: shadow's default rule for a user name (useradd without --badname), and its length limit:
+#: the prefix, which every chain name starts with, keeps to it.
 USER_NAME_MAX = 32
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_-]*\$?\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 #: The longest suffix the resolution chain appends to the prefix ("-domid32751").
 _LONGEST_SUFFIX = len(f"-domid{DOMID_MAX}")
@@ -44,22 +47,19 @@ def validate_domid(value: int | str) -> int:
 def validate_domain_name(name: str) -> str:
     """Return the domain name, or raise InvalidInput.
 
-    A name is 1-64 characters from ``A-Z a-z 0-9 _ . -``, does not start with ``-`` or ``.``,
-    and is not all digits (it would be taken for a domid wherever a name or a domid is accepted).
+    Any name xl accepts is accepted (dots, upper case, spaces ...), with two deliberate
+    exceptions: control characters (they would forge lines in logs and listings) and names of
+    digits only (``stop 12`` means domid 12, as in xl).  Its only limit is xenstore's.
     """
     if not name:
-        raise InvalidInput("domain name is empty: give 1-64 characters from A-Z a-z 0-9 _ . -")
-    if len(name) > DOMAIN_NAME_MAX:
+        raise InvalidInput("domain name is empty: give the domain a name")
+    if len(name.encode("utf-8", "surrogateescape")) > DOMAIN_NAME_MAX:
         raise InvalidInput(
-            f"domain name {name[:20]!r}... is {len(name)} characters long: "
-            f"the limit is {DOMAIN_NAME_MAX}"
+            f"domain name {name[:20]!r}... is {len(name)} characters long: xenstore holds at "
+            f"most {DOMAIN_NAME_MAX}"
         )
-    if name[0] in "-.":
-        raise InvalidInput(f"domain name {name!r} starts with {name[0]!r}: start with a letter")
-    if not _DOMAIN_NAME.match(name):
-        raise InvalidInput(
-            f"domain name {name!r} has a character outside A-Z a-z 0-9 _ . -: rename the domain"
-        )
+    if _CONTROL.search(name):
+        raise InvalidInput(f"domain name {name!r} holds a control character: rename the domain")
     if name.isdigit():
         raise InvalidInput(
             f"domain name {name!r} is all digits and would be taken for a domid: add a letter to it"
@@ -67,18 +67,32 @@ def validate_domain_name(name: str) -> str:
     return name
 
 
-def is_valid_user_name(name: str) -> bool:
-    """Whether shadow's useradd would accept ``name`` without --badname."""
-    return len(name.encode()) <= USER_NAME_MAX and bool(_USER_NAME.match(name))
+def passwd_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an account's name in any passwd database, or None.
+
+    The passwd format gives ``:`` and the newline their meaning, ``/`` cannot be in a name
+    that files and directories alike key on, and whitespace or control characters are refused
+    by every account tool and directory schema.  Anything else (dots, upper case, length past
+    32) is a name some host's useradd or some directory holds.
+    """
+    if not name:
+        return "it is empty"
+    if ":" in name:
+        return "it holds ':', the passwd field separator"
+    if "/" in name:
+        return "it holds '/'"
+    if any(char.isspace() for char in name):
+        return "it holds whitespace"
+    if _CONTROL.search(name):
+        return "it holds a control character"
+    return None
 
 
 def validate_user_name(name: str, *, what: str = "user") -> str:
-    """Return an account name, or raise InvalidInput when useradd would refuse it."""
-    if not is_valid_user_name(name):
-        raise InvalidInput(
-            f"{what} {name!r} is not a valid user name: use at most {USER_NAME_MAX} characters "
-            "from a-z 0-9 _ -, starting with a letter or _"
-        )
+    """Return an account name, or raise InvalidInput when no passwd database could hold it."""
+    problem = passwd_name_problem(name)
+    if problem is not None:
+        raise InvalidInput(f"{what} {name!r} cannot be an account name: {problem}")
     return name
 
 

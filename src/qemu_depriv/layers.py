@@ -29,7 +29,7 @@ import resource
 from dataclasses import dataclass, field
 from typing import Any
 
-from qemu_depriv.cgroups import CgroupPlan
+from qemu_depriv.cgroups import CgroupPlan, group_name
 from qemu_depriv.domain import DomainConfig
 from qemu_depriv.errors import EnvironmentFailure
 from qemu_depriv.inspect import UNLIMITED, Snapshot
@@ -124,7 +124,7 @@ def plan_layers(
     cgroup = None
     if settings.cgroup:
         cgroup = CgroupPlan(
-            name=f"{domid}-{config.name}",
+            name=group_name(domid, config.name),
             memory_bytes=(config.memory + settings.memory_overhead_mib) * MIB,
             pids_max=settings.pids_max,
             cpu_weight=settings.cpu_weight,

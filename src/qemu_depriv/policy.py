@@ -4,7 +4,8 @@ Pure logic over an :class:`~qemu_depriv.nss.AccountLookup`; no I/O of its own.  
 stopping at the first hit (DESIGN.md, "User resolution"):
 
 1. ``explicit``: the domain's ``device_model_user``; missing is a refusal.
-2. ``name``: ``PREFIX-DOMNAME``, when that is a valid user name (otherwise skipped, warned).
+2. ``name``: ``PREFIX-DOMNAME`` for every domain name, as the seed looks it up; skipped, with
+   a warning, only when no passwd database could hold it (``:``, ``/``, whitespace, control).
 3. ``domid``: ``PREFIX-domidN``.
 4. ``range``: ``PREFIX-range-base``, then the seed's ``PREFIX-base``, at uid B and gid G.
    Candidate uid B+N: unowned, run as ``B+N:G``; owned by ``PREFIX-baseN`` or ``PREFIX-domidN``,
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from qemu_depriv.domain import is_valid_user_name
+from qemu_depriv.domain import passwd_name_problem
 from qemu_depriv.errors import AccountLookupError, PolicyRefusal
 from qemu_depriv.nss import UID_LIMIT, Account, AccountLookup
 
@@ -159,14 +160,14 @@ class _Resolution:
 
         if request.name is not None:
             candidate = f"{prefix}-{request.name}"
-            if is_valid_user_name(candidate):
+            problem = passwd_name_problem(candidate)
+            if problem is None:
                 if (account := self._user(Tier.NAME, candidate)) is not None:
                     return self._accept(Tier.NAME, account)
             else:
                 self.tried.append(Attempt(Tier.NAME, candidate, Outcome.SKIPPED))
                 self.warnings.append(
-                    f"name tier skipped: {candidate!r} is not a valid user name "
-                    "(at most 32 characters from a-z 0-9 _ -)"
+                    f"name tier skipped: {candidate!r} cannot be an account name ({problem})"
                 )
 
         if (account := self._user(Tier.DOMID, f"{prefix}-domid{request.domid}")) is not None:

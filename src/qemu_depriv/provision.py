@@ -264,8 +264,12 @@ def plan_single(files: AccountFiles, name: str, root: Path) -> ProvisionPlan:
 def account_name(kind: str, prefix: str, name: str | None) -> str:
     """The account a ``provision`` kind creates.
 
+    The name tier looks up ``PREFIX-NAME`` for any domain name; whether this host's
+    ``useradd`` can create it is for ``useradd`` to say (Debian 12's takes dots and upper case,
+    not more than 32 characters): :func:`apply_plan` reports its refusal.
+
     Raises:
-        InvalidInput: ``user`` without a valid domain name, or a name that is no valid user name.
+        InvalidInput: ``user`` without a valid domain name, or a name no passwd database holds.
     """
     if kind == "user":
         if name is None:
@@ -275,16 +279,42 @@ def account_name(kind: str, prefix: str, name: str | None) -> str:
     return f"{prefix}-{kind}"
 
 
+#: useradd(8) and groupadd(8): "invalid argument to option", which a refused name gives.
+_INVALID_ARGUMENT = 3
+#: How shadow's tools word a refused name ("invalid user name", "not a valid group name").
+_BAD_NAME = re.compile(r"(invalid|not a valid) (user|group) name")
+
+
 def apply_plan(plan: ProvisionPlan) -> None:
-    """Run the plan's commands in order.
+    """Run the plan's commands in order; on a failure, undo the groups it created.
 
     Raises:
-        EnvironmentFailure: a command failed; its own message is quoted.
+        InvalidInput: the host's groupadd or useradd refuses the account's name; its own
+            message is quoted.
+        EnvironmentFailure: a command failed otherwise; its own message is quoted.
     """
+    created: list[tuple[str, ...]] = []
     for command in plan.commands:
         done = run_command(command)
-        if done.returncode != 0:
-            raise EnvironmentFailure(
-                f"{shlex.join(command)} failed (exit {done.returncode}): "
-                f"{done.stderr.strip() or 'no message'}"
+        if done.returncode == 0:
+            created.append(command)
+            continue
+        for earlier in reversed(created):
+            _undo(earlier)
+        message = done.stderr.strip() or "no message"
+        if done.returncode == _INVALID_ARGUMENT and _BAD_NAME.search(message):
+            raise InvalidInput(
+                f"this host's {command[0]} refuses the name {command[-1]!r} ({message}): "
+                "rename the domain, or create the account in your directory service (the "
+                "name tier finds it there too)"
             )
+        raise EnvironmentFailure(
+            f"{shlex.join(command)} failed (exit {done.returncode}): {message}"
+        )
+
+
+def _undo(command: tuple[str, ...]) -> None:
+    """Remove what a successful groupadd or useradd of the same plan created."""
+    undo = {"groupadd": "groupdel", "useradd": "userdel"}[command[0]]
+    prefix = command[1:3] if command[1] == "--prefix" else ()
+    run_command([undo, *prefix, command[-1]])

@@ -193,3 +193,43 @@ def test_doctor_is_happy_with_a_provisioned_root_and_names_each_problem(tmp_path
     assert any("login shell" in line and "usermod --shell" in line for line in problems)
     assert any("gid 0" in line for line in problems)
     assert any("provision reaper" in line for line in problems)
+
+
+@pytest.mark.parametrize("name", ["web.example.org", "Win10", "example.hvm"])
+def test_provision_user_creates_what_the_hosts_useradd_accepts(tmp_path: Path, name: str) -> None:
+    root = make_root(tmp_path)
+    code, out, stderr = provision(root, "user", name)
+    assert code == 0, stderr
+    assert out["applied"]
+    assert entry(root, f"{P}-{name}")[6] == "/usr/sbin/nologin"
+    # ... and it is the account that the name tier then finds.
+    done = cli("resolve", "--domid", "7", "--name", name, "--json", root=root)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["user"] == f"{P}-{name}"
+
+
+def test_a_name_the_hosts_useradd_refuses_is_reported_and_nothing_is_left(
+    tmp_path: Path,
+) -> None:
+    root = make_root(tmp_path)
+    before = digest(root)
+    long_name = "a-rather-long-domain-name"  # 38 characters with the prefix: past useradd's 32
+    code, out, stderr = provision(root, "user", long_name)
+    assert code == 2
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("qemu-depriv: error: this host's groupadd refuses the name")
+    assert "not a valid group name" in line
+    assert out["error"]["kind"] == "invalid-input"
+    assert digest(root) == before  # no group left without its user
+
+
+@pytest.mark.parametrize("name", ["my vm", "a:b", "a/b"])
+def test_a_name_no_passwd_database_holds_is_refused_before_anything_runs(
+    tmp_path: Path, name: str
+) -> None:
+    root = make_root(tmp_path)
+    before = digest(root)
+    code, _, stderr = provision(root, "user", name)
+    assert code == 2
+    assert "cannot be an account name" in stderr
+    assert digest(root) == before

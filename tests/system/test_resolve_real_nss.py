@@ -156,8 +156,8 @@ def test_an_explicit_user_that_does_not_exist_is_refused(cli: Cli) -> None:
         ["--domid", ""],
         ["--domid", "3", "--name", "1234"],
         ["--domid", "3", "--name", "-web"],
-        ["--domid", "3", "--name", "a b"],
-        ["--domid", "3", "--name", "x" * 65],
+        ["--domid", "3", "--name", "a\nb"],
+        ["--domid", "3", "--name", "x" * 4001],
         ["--domid", "3", "--user", "Root Kit"],
         ["--domid", "3", "--prefix", "Bad Prefix"],
         ["--name", "web"],
@@ -266,3 +266,15 @@ def test_the_demo_resolves_every_tier_and_runs_three_vms_as_three_uids() -> None
     for event in shown:
         status = Path(f"/proc/{event['pid']}/status")
         assert not status.exists() or "zombie" in status.read_text()
+
+
+@pytest.mark.parametrize("name", ["web.example.org", "Win10", "example.hvm"])
+def test_the_name_tier_finds_dotted_and_upper_case_accounts_as_the_seed_does(
+    cli: Cli, name: str
+) -> None:
+    cli.accounts([user(f"{P}-{name}", 6100), user(f"{P}-domid7", 6007)])
+    code, decision, stderr = cli.json("resolve", "--domid", "7", "--name", name)
+    assert code == 0, stderr
+    assert (decision["tier"], decision["user"]) == ("name", f"{P}-{name}")
+    assert decision["tried"] == [{"tier": "name", "name": f"{P}-{name}", "outcome": "found"}]
+

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from qemu_depriv.cgroups import group_name
 from qemu_depriv.domain import DomainConfig
 from qemu_depriv.errors import EnvironmentFailure
 from qemu_depriv.inspect import (
@@ -222,3 +223,28 @@ def test_a_root_tier_qemu_may_hold_capabilities() -> None:
         uids=(0, 0, 0, 0), gids=(0, 0, 0, 0), groups=(), cap_eff=0x1FF, cap_prm=0x1FF
     )
     assert failed(jailed_snapshot(status=root_status), plan(decision=ROOT)) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "group"),
+    [
+        ("web", "7-web"),
+        ("web.example.org", "7-web.example.org"),
+        ("a/b", "7-a-b"),
+        ("my vm", "7-my\\x20vm"),
+        ("web-1", "7-web\\x2d1"),
+        (".hidden", "7-\\x2ehidden"),
+        ("wéb", "7-w\\xc3\\xa9b"),
+    ],
+)
+def test_a_vms_group_name_is_systemd_escaped_so_no_domain_name_escapes_it(
+    name: str, group: str
+) -> None:
+    assert group_name(7, name) == group
+
+
+def test_a_long_domain_name_gives_a_bounded_group_name_that_stays_distinct() -> None:
+    one, two = group_name(7, "x" * 300 + "a"), group_name(7, "x" * 300 + "b")
+    assert len(one) <= 200
+    assert one != two
+    assert "/" not in one

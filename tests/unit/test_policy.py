@@ -36,17 +36,23 @@ def test_name_tier_uses_the_account_named_after_the_domain() -> None:
     assert decision.kill_by_uid
 
 
-def test_name_that_is_no_valid_user_name_skips_the_tier_with_a_warning() -> None:
-    decision = resolve(Request(7, name="Web.Server"), table((f"{P}-domid7", 6007)))
-    assert decision.tier == Tier.DOMID
-    assert decision.tried[0].outcome == Outcome.SKIPPED
-    assert any("not a valid user name" in w for w in decision.warnings)
+@pytest.mark.parametrize("name", ["web.example.org", "Win10", "example.hvm", "a" * 40])
+def test_name_tier_looks_up_every_name_a_directory_can_hold(name: str) -> None:
+    accounts = table((f"{P}-{name}", 6000), (f"{P}-domid7", 6007))
+    decision = resolve(Request(7, name=name), accounts)
+    assert (decision.tier, decision.user) == (Tier.NAME, f"{P}-{name}")
+    assert decision.warnings == ()
 
 
-def test_name_too_long_for_a_user_name_skips_the_tier() -> None:
-    decision = resolve(Request(7, name="a" * 20), table((f"{P}-domid7", 6007)))
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [("my vm", "whitespace"), ("a:b", "':'"), ("a/b", "'/'"), ("tab\there", "whitespace")],
+)
+def test_name_no_passwd_entry_can_hold_skips_the_tier_with_a_warning(name: str, why: str) -> None:
+    decision = resolve(Request(7, name=name), table((f"{P}-domid7", 6007)))
     assert decision.tier == Tier.DOMID
     assert decision.tried[0].outcome == Outcome.SKIPPED
+    assert any("cannot be an account name" in w and why in w for w in decision.warnings)
 
 
 def test_domid_tier() -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qemu_depriv.domain import is_valid_user_name
+from qemu_depriv.domain import passwd_name_problem
 from qemu_depriv.errors import AccountLookupError, PolicyRefusal
 from qemu_depriv.nss import Account
 from qemu_depriv.policy import TIER_ORDER, Decision, Request, Tier, resolve
@@ -36,7 +36,7 @@ def _names(domid: int, name: str | None) -> list[str]:
 @st.composite
 def cases(draw: st.DrawFn) -> Case:
     domid = draw(st.sampled_from([1, 7, 300, 32751]))
-    name = draw(st.sampled_from([None, "web", "Web.Server", "x" * 25]))
+    name = draw(st.sampled_from([None, "web", "Web.Server", "x" * 25, "my vm"]))
     user = draw(st.sampled_from([None, "alice"]))
     restrict = draw(st.booleans())
     candidates = _names(domid, name)
@@ -106,7 +106,7 @@ def test_shared_or_root_only_when_nothing_stronger_exists(case: Case) -> None:
     present = {a.name for a in case.accounts}
     request = case.request
     assert request.user is None
-    if request.name is not None and is_valid_user_name(f"{P}-{request.name}"):
+    if request.name is not None and passwd_name_problem(f"{P}-{request.name}") is None:
         assert f"{P}-{request.name}" not in present
     assert f"{P}-domid{request.domid}" not in present
     assert f"{P}-range-base" not in present

@@ -106,7 +106,7 @@ CORPUS: dict[str, tuple[bytes, str]] = {
     "vcpus-zero": (b'name = "web"\nvcpus = 0\n', ": vcpus 0 is out of range"),
     "vcpus-many": (b'name = "web"\nvcpus = 513\n', ": vcpus 513 is out of range"),
     "bad-type": (b'name = "web"\ntype = "kvm"\n', ": type 'kvm' is unknown"),
-    "bad-name": (b'name = "-web"\n', ": domain name '-web' starts with"),
+    "bad-name": (b'name = "web\\nserver"\n', ": domain name 'web\\nserver' holds a control"),
     "digit-name": (b'name = "1234"\n', "all digits"),
 }
 

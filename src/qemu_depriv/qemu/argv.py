@@ -25,6 +25,7 @@ from qemu_depriv.policy import Decision
 from qemu_depriv.qemu.caps import QemuCaps
 from qemu_depriv.qemu.devices import (
     disk_args,
+    escape,
     scsi_controller_args,
     serial_args,
     vga_args,
@@ -180,7 +181,7 @@ def standalone_argv(
     disks, _ = disk_args(config)
     return [
         caps.binary,
-        "-name", config.name,
+        "-name", escape(config.name),
         "-machine", "pc",
         "-accel", accel,
         "-m", str(config.memory),

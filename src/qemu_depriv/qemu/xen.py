@@ -21,6 +21,7 @@ from qemu_depriv.qemu.caps import QemuCaps
 from qemu_depriv.qemu.devices import (
     disk_args,
     disk_backend,
+    escape,
     nic_args,
     scsi_controller_args,
     serial_args,
@@ -83,7 +84,7 @@ def xen_argv(
     smp = ["-smp", f"{config.vcpus},maxcpus={config.max_vcpus}"] if config.max_vcpus > 1 else []
     return [
         *_head(caps, paths, domid),
-        "-name", config.name,
+        "-name", escape(config.name),
         "-vnc", vnc_address(config) if vnc_on else "none",
         "-display", "none",
         *(["-display", "sdl"] if config.sdl else []),
@@ -140,7 +141,7 @@ def xen_pv_argv(
     return [
         *_head(caps, paths, domid),
         "-xen-attach",
-        "-name", config.name,
+        "-name", escape(config.name),
         *display,
         *(["-display", "sdl"] if config.sdl else []),
         *_restrict_args(caps, restrict=restrict),
