@@ -11,6 +11,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := qemu-system-x86 libnss-wrapper util-linux passwd gcc libc6-dev python3-venv
+# The directory-service lab of tests/directory (OpenLDAP, nslcd, SSSD and its InfoPipe), run only
+# inside the tests' private mount namespaces. sssd-common depends on libpam-sss (and it on
+# libpam-pwquality), whose PAM profiles the install disables again (pam-auth-update --disable, so
+# that later runs keep them off); libpam-ldapd is only recommended by nslcd: not installed.
+DIRECTORY_APT_PACKAGES := slapd ldap-utils nslcd libnss-ldapd sssd-common sssd-ldap sssd-dbus \
+	sssd-tools libnss-sss dbus-daemon
+# Where those daemons write their pids: one that an install starts all the same is stopped.
+DIRECTORY_PIDFILES := /run/slapd/slapd.pid /run/nslcd/nslcd.pid /run/sssd.pid /run/dbus/pid
 SYSTEM_STAMP := $(VENV)/.system-packages
 VENV_STAMP := $(VENV)/.installed
 # The example domain configs Xen ships (xen-utils-common): unpacked for the tests, not installed.
@@ -23,13 +31,41 @@ help:
 	@echo "make test   install what is missing, then run ruff, mypy and pytest (as root)"
 	@echo "make quick  the same without the faults suite; make faults runs only that suite"
 
-$(SYSTEM_STAMP):
+# Re-checked whenever the Makefile (and so a package list) changes.
+# Installing leaves the host's name service and PAM set-up as they were: maintainer scripts add
+# sss/ldap to nsswitch.conf and enable new PAM profiles in /etc/pam.d/common-*, so both are saved
+# first and put back afterwards (on a failed install too), then compared; every PAM profile the
+# install brought is disabled; a policy-rc.d keeps daemons from starting.
+$(SYSTEM_STAMP): Makefile
 	@if [ "$$(id -u)" != 0 ]; then echo "make: run as root (it installs Debian packages and uses namespaces)" >&2; exit 1; fi
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
+	@missing=$$(for p in $(APT_PACKAGES) $(DIRECTORY_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		apt-get update -qq; \
+		saved=$$(mktemp -d); cp -a /etc/nsswitch.conf /etc/pam.d "$$saved"/; \
+		profiles=$$(ls /usr/share/pam-configs 2>/dev/null || true); \
+		policy=; [ -e /usr/sbin/policy-rc.d ] || { policy=/usr/sbin/policy-rc.d; printf '#!/bin/sh\nexit 101\n' >$$policy; chmod 755 $$policy; }; \
+		running=" $$(cat $(DIRECTORY_PIDFILES) 2>/dev/null | tr '\n' ' ' || true) "; \
+		restore() { \
+			for f in nsswitch.conf $$(cd "$$saved" && echo pam.d/*); do \
+				cmp -s "$$saved/$$f" /etc/$$f || { echo "make: putting back /etc/$$f as it was before the install"; cp -p "$$saved/$$f" /etc/$$f; }; \
+			done; \
+			[ -z "$$policy" ] || rm -f $$policy; \
+		}; \
+		trap restore EXIT; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		new=$$(ls /usr/share/pam-configs 2>/dev/null | grep -vxF "$$profiles" || true); \
+		[ -z "$$new" ] || DEBIAN_FRONTEND=noninteractive pam-auth-update --disable $$new; \
+		trap - EXIT; restore; \
+		for f in nsswitch.conf $$(cd "$$saved" && echo pam.d/*); do \
+			cmp "$$saved/$$f" /etc/$$f || { echo "make: the install changed /etc/$$f; the copy from before it is in $$saved" >&2; exit 1; }; \
+		done; \
+		rm -rf "$$saved"; \
+		for f in $(DIRECTORY_PIDFILES); do \
+			pid=$$(cat $$f 2>/dev/null) || continue; \
+			case "$$running" in *" $$pid "*) continue;; esac; \
+			! kill -0 "$$pid" 2>/dev/null || { echo "make: stopping pid $$pid ($$f), started by the install"; kill "$$pid"; }; \
+		done; \
 	fi
 	@mkdir -p $(VENV) && touch $@
 

@@ -53,7 +53,7 @@ from bench.common import (
     write_json,
 )
 from bench.profiling import profile_call
-from qemu_depriv.nss import Account, LibcLookup
+from qemu_depriv.nss import Account, Group, LibcLookup
 from qemu_depriv.policy import Decision, Outcome, Request, resolve
 
 TARGET = 1.10
@@ -139,6 +139,10 @@ class CountingLookup:
         self.calls[f"uid {uid}"] += 1
         return self.inner.user_by_uid(uid)
 
+    def group_by_gid(self, gid: int) -> Group | None:
+        self.calls[f"gid {gid}"] += 1
+        return self.inner.group_by_gid(gid)
+
     def groups_of(self, name: str, gid: int) -> tuple[int, ...]:
         self.calls[f"groups {name}"] += 1
         return self.inner.groups_of(name, gid)
@@ -155,6 +159,7 @@ def floor_calls(decision: Decision, lookup: LibcLookup) -> Callable[[], None]:
         else:
             calls.append(partial(lookup.user_by_name, attempt.name))
     if decision.user is not None:
+        calls.append(partial(lookup.group_by_gid, decision.gid))
         calls.append(partial(lookup.groups_of, decision.user, decision.gid))
 
     def run() -> None:

@@ -18,11 +18,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from qemu_depriv.directory import system_lookup
 from qemu_depriv.domain import DomainConfig
 from qemu_depriv.errors import EnvironmentFailure, PolicyRefusal, QemuDeprivError
 from qemu_depriv.inspect import snapshot
 from qemu_depriv.launcher import Launcher, LaunchRequest
-from qemu_depriv.nss import AccountLookup, LibcLookup
+from qemu_depriv.nss import AccountLookup
 from qemu_depriv.policy import Decision, Request, resolve
 from qemu_depriv.process import run_command
 from qemu_depriv.procs import live_pids_of_uid
@@ -236,9 +237,10 @@ def vm_walkthrough(launcher: Launcher) -> Iterator[Event]:
 
 def demo_launcher(state_dir: Path) -> Launcher:
     """A launcher for the demo's state directory, over real NSS and the real QEMU."""
+    settings = Settings(state_dir=state_dir)
     return Launcher(
-        settings=Settings(state_dir=state_dir),
-        lookup=LibcLookup(),
+        settings=settings,
+        lookup=system_lookup(settings),
         store=StateStore(state_dir),
         probe=CapsProbe(),
     )

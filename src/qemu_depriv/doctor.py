@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qemu_depriv import linux
-from qemu_depriv.errors import QemuDeprivError
+from qemu_depriv.errors import AccountLookupError, QemuDeprivError
 from qemu_depriv.nss import AccountLookup
+from qemu_depriv.nsswitch import NsSwitch, SourceKind, source_kind
 from qemu_depriv.procs import live_pids_of_uid
 from qemu_depriv.provision import plan_range, read_account_files, unsafe_account
 from qemu_depriv.qemu.caps import CapsProbe
+from qemu_depriv.sssd import FIX, domain_statuses
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,11 @@ def check_accounts(lookup: AccountLookup, prefix: str, root: Path) -> Iterator[F
     for problem in findings:
         message, _, fix = problem.partition(": ")
         yield Finding("accounts", False, message, fix)
-    reaper = lookup.user_by_name(f"{prefix}-reaper")
+    try:
+        reaper = lookup.user_by_name(f"{prefix}-reaper")
+    except AccountLookupError as exc:
+        yield Finding("accounts", False, exc.message, "fix the NSS source it names")
+        return
     if reaper is None:
         yield Finding(
             "accounts",
@@ -96,6 +102,53 @@ def check_accounts(lookup: AccountLookup, prefix: str, root: Path) -> Iterator[F
         )
     if not findings and range_base is not None:
         yield Finding("accounts", True, f"{range_base.name} at uid {range_base.id}")
+
+
+def check_sources(nsswitch: NsSwitch, exempt: frozenset[str], timeout: float) -> Iterator[Finding]:
+    """Each network source of accounts, and whether its "not found" can be believed."""
+    line = nsswitch.line("passwd")
+    remote = nsswitch.network_sources("passwd")
+    if not remote:
+        yield Finding("accounts", True, f"'{line}': local sources only")
+    for source in remote:
+        kind = source_kind(source)
+        if source in exempt:
+            yield Finding(
+                "accounts", True, f"{source}: listed in sources_without_accounts, not asked"
+            )
+        elif kind == SourceKind.REPORTS_ERRORS:
+            yield Finding("accounts", True, f"{source}: reports its outages as lookup errors")
+        elif kind == SourceKind.ONLINE_CHECK:
+            yield from _check_sssd(timeout)
+        else:
+            yield Finding(
+                "accounts",
+                False,
+                f"{source} (on '{line}'): cannot say whether it is online, so every 'not "
+                "found' from it is refused",
+                f"if {source} holds no device-model accounts, list it in "
+                "sources_without_accounts; otherwise use sss or ldap (nslcd)",
+            )
+
+
+def _check_sssd(timeout: float) -> Iterator[Finding]:
+    try:
+        statuses = domain_statuses(timeout)
+    except QemuDeprivError as exc:
+        yield Finding("accounts", False, f"sss: status unreadable: {exc.message}", FIX)
+        return
+    offline = [s.name for s in statuses if not s.online]
+    names = ", ".join(f"{s.name} {'online' if s.online else 'OFFLINE'}" for s in statuses)
+    if offline or not statuses:
+        yield Finding(
+            "accounts",
+            False,
+            f"sss: status readable over InfoPipe, but {names or 'no domain'}: launches are "
+            "refused (exit 4) until it is online",
+            "bring the directory back; 'sssctl domain-status DOMAIN' shows why",
+        )
+    else:
+        yield Finding("accounts", True, f"sss: status readable over InfoPipe ({names})")
 
 
 def _unshare_works() -> bool:

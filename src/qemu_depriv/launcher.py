@@ -224,6 +224,8 @@ class Launcher:
         try:
             plan = self.plan(request, domid)
             decision = plan.decision
+            for warning in (*decision.warnings, *plan.warnings):  # before anything starts
+                log.getChild(request.config.name).warning("%s", warning)
             busy = decision.tier != Tier.ROOT and bool(live_pids_of_uid(decision.uid))
             self.store.assign(domid, decision, uid_busy=busy, layers=plan.layers.as_dict())
             log_fd = self._prepare_dirs(plan)

@@ -50,10 +50,13 @@ RLIMITS = {
     "nofile": resource.RLIMIT_NOFILE,
     "fsize": resource.RLIMIT_FSIZE,
 }
-#: Descriptors a device model may hold, besides its disk images and its log.
+#: Descriptors a device model may hold, besides its disk images and its log.  QEMU looks its
+#: account up itself for -runas NAME; through SSSD, libnss_sss then keeps SSSD's memory cache
+#: open (/var/lib/sss/mc/*: read-only, and readable by every user anyway).
 FD_ALLOWLIST = (
     "/dev/null", "socket:[*", "pipe:[*", "anon_inode:*", "/dev/kvm", "/dev/ptmx", "/dev/pts/*",
     "/dev/urandom", "/dev/random", "/dev/net/tun", "/dev/xen/*", "/proc/xen/*", "/dev/dri/*",
+    "/var/lib/sss/mc/*",
 )  # fmt: skip
 
 

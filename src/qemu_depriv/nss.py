@@ -1,17 +1,30 @@
-"""Account lookups with three outcomes: found, not found, error.
+"""Account lookups with three outcomes: found, not found, error; each within a deadline.
 
 Python's :mod:`pwd` cannot be used here: ``pwd.getpwnam`` raises the same ``KeyError`` whether
 the account does not exist or the LDAP server behind NSS is unreachable, and a resolver that
 reads an outage as "no such user" falls through to a weaker tier (or to root).  So this module
 calls libc's reentrant functions itself through :mod:`ctypes` and keeps their return codes.
 
-Outcomes of :meth:`LibcLookup.user_by_name` and :meth:`LibcLookup.user_by_uid`:
+Outcomes of :meth:`LibcLookup.user_by_name`, :meth:`LibcLookup.user_by_uid` and
+:meth:`LibcLookup.group_by_gid`:
 
-- an :class:`Account` when found;
-- ``None`` when libc returns 0 with a NULL result, or ENOENT, ESRCH, EBADF or EPERM, the codes
-  that getpwnam(3) lists for "the name was not found";
-- :class:`~qemu_depriv.errors.AccountLookupError` for any other code, including a buffer
-  that would have to grow past the cap.
+- an :class:`Account` (or :class:`Group`) when found;
+- ``None`` only when libc returns 0 with a NULL result;
+- :class:`~qemu_depriv.errors.AccountLookupError` for any non-zero return but ERANGE, for a
+  buffer that would have to grow past the cap, and for a call that gives no answer within the
+  deadline.
+
+The rule for non-zero returns is glibc's: it returns 0 for both SUCCESS and NOTFOUND, and the
+backend's errno for anything else, so a non-zero return is always a backend failing.
+libnss-ldapd reports an unreachable nslcd or LDAP server as ENOENT, which getpwnam(3)'s portable
+list calls "not found"; reading it so would undo the whole point of this module.  The same rule
+is applied on every C library (musl also returns 0 and NULL for "not found"); only glibc is
+tested.
+
+A lookup that hangs (a directory server that accepts connections and never answers) is an
+error too: each call runs in a short-lived thread and is abandoned after ``timeout`` seconds.
+The thread ends with the call, so the process is single-threaded again between lookups (which
+``unshare(2)`` needs).
 
 The buffer starts at ``sysconf(_SC_GETPW_R_SIZE_MAX)`` (1024 bytes when that says -1) and
 doubles on ERANGE.  libc is loaded as ``CDLL(None)``, the running process's own symbol table,
@@ -28,21 +41,27 @@ import ctypes
 import errno
 import logging
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 from qemu_depriv.errors import AccountLookupError
+from qemu_depriv.nsswitch import NSSWITCH, read_nsswitch
 
 log = logging.getLogger(__name__)
 
-#: Return codes that mean "no such account" (getpwnam(3), ERRORS).
-NOT_FOUND_CODES = frozenset({errno.ENOENT, errno.ESRCH, errno.EBADF, errno.EPERM})
 #: Past this size a growing lookup buffer is an error, not a bigger allocation.
 DEFAULT_BUFFER_CAP = 1 << 20
 #: The kernel's NGROUPS_MAX: no account can be in more groups than this.
 NGROUPS_MAX = 65536
 #: (uid_t)-1 means "no change" to setresuid(2), so it is never an account's uid.
 UID_LIMIT = 2**32 - 1
+#: Seconds a lookup may take before it counts as failed (``lookup_timeout`` in the settings).
+DEFAULT_TIMEOUT = 10.0
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -57,11 +76,19 @@ class Account:
     shell: str
 
 
+@dataclass(frozen=True)
+class Group:
+    """One group entry (its members are not needed here)."""
+
+    name: str
+    gid: int
+
+
 class AccountLookup(Protocol):
     """What the resolution chain needs to know about accounts.
 
-    ``user_by_name`` and ``user_by_uid`` return ``None`` for "not found" and raise
-    :class:`~qemu_depriv.errors.AccountLookupError` for a failed lookup.
+    ``user_by_name``, ``user_by_uid`` and ``group_by_gid`` return ``None`` for "not found"
+    and raise :class:`~qemu_depriv.errors.AccountLookupError` for a failed lookup.
     """
 
     def user_by_name(self, name: str) -> Account | None:
@@ -70,6 +97,10 @@ class AccountLookup(Protocol):
 
     def user_by_uid(self, uid: int) -> Account | None:
         """Return the account that owns ``uid``, or None."""
+        ...
+
+    def group_by_gid(self, gid: int) -> Group | None:
+        """Return the group with id ``gid``, or None."""
         ...
 
     def groups_of(self, name: str, gid: int) -> tuple[int, ...]:
@@ -89,6 +120,15 @@ class _Passwd(ctypes.Structure):
     )
 
 
+class _Group(ctypes.Structure):
+    _fields_ = (
+        ("gr_name", ctypes.c_char_p),
+        ("gr_passwd", ctypes.c_char_p),
+        ("gr_gid", ctypes.c_uint32),
+        ("gr_mem", ctypes.POINTER(ctypes.c_char_p)),
+    )
+
+
 def _text(raw: bytes | None) -> str:
     return (raw or b"").decode("utf-8", "surrogateescape")
 
@@ -102,6 +142,13 @@ def initial_buffer_size() -> int:
     return size if size > 0 else 1024
 
 
+def _bind(function: Any, *argtypes: object) -> Any:
+    """Declare a libc function's argument types and its int return."""
+    function.argtypes = argtypes
+    function.restype = ctypes.c_int
+    return function
+
+
 class LibcLookup:
     """Account lookups through the libc of the running process (and so through NSS).
 
@@ -109,6 +156,8 @@ class LibcLookup:
         libc: the library to call; by default ``CDLL(None)``, which honours preloaded shims.
         initial_size: the first buffer size; by default :func:`initial_buffer_size`.
         cap: the largest buffer to try before giving up with an error.
+        timeout: seconds each lookup may take (None: wait for ever).
+        nsswitch: the file whose lines the error messages point to.
     """
 
     def __init__(
@@ -117,96 +166,132 @@ class LibcLookup:
         *,
         initial_size: int | None = None,
         cap: int = DEFAULT_BUFFER_CAP,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        nsswitch: Path = NSSWITCH,
     ) -> None:
         lib = libc if libc is not None else ctypes.CDLL(None, use_errno=True)
-        pointer = ctypes.POINTER(ctypes.POINTER(_Passwd))
-        self._getpwnam_r = lib.getpwnam_r
-        self._getpwnam_r.argtypes = (
-            ctypes.c_char_p,
-            ctypes.POINTER(_Passwd),
-            ctypes.c_char_p,
-            ctypes.c_size_t,
-            pointer,
-        )
-        self._getpwnam_r.restype = ctypes.c_int
-        self._getpwuid_r = lib.getpwuid_r
-        self._getpwuid_r.argtypes = (
-            ctypes.c_uint32,
-            ctypes.POINTER(_Passwd),
-            ctypes.c_char_p,
-            ctypes.c_size_t,
-            pointer,
-        )
-        self._getpwuid_r.restype = ctypes.c_int
-        self._getgrouplist = lib.getgrouplist
-        self._getgrouplist.argtypes = (
+        out_pw = out_gr = ctypes.POINTER(ctypes.c_void_p)
+        entry_pw, entry_gr = ctypes.POINTER(_Passwd), ctypes.POINTER(_Group)
+        buffer, size = ctypes.c_char_p, ctypes.c_size_t
+        self._getpwnam_r = _bind(lib.getpwnam_r, ctypes.c_char_p, entry_pw, buffer, size, out_pw)
+        self._getpwuid_r = _bind(lib.getpwuid_r, ctypes.c_uint32, entry_pw, buffer, size, out_pw)
+        self._getgrgid_r = _bind(lib.getgrgid_r, ctypes.c_uint32, entry_gr, buffer, size, out_gr)
+        self._getgrouplist = _bind(
+            lib.getgrouplist,
             ctypes.c_char_p,
             ctypes.c_uint32,
             ctypes.POINTER(ctypes.c_uint32),
             ctypes.POINTER(ctypes.c_int),
         )
-        self._getgrouplist.restype = ctypes.c_int
         self._initial = initial_size if initial_size is not None else initial_buffer_size()
         self._cap = cap
+        self._timeout = timeout
+        self._nsswitch = nsswitch
 
     def user_by_name(self, name: str) -> Account | None:
         """Look up ``name``.
 
         Raises:
-            AccountLookupError: the backend failed, or the entry needs more than the cap.
+            AccountLookupError: the backend failed or hung, or the entry needs more than the
+                cap.
         """
         key = name.encode("utf-8", "surrogateescape")
-        return self._lookup(f"user {name!r}", lambda *a: self._getpwnam_r(key, *a))
+        return self._passwd(f"user {name!r}", lambda *a: self._getpwnam_r(key, *a))
 
     def user_by_uid(self, uid: int) -> Account | None:
         """Look up the owner of ``uid``.
 
         Raises:
-            AccountLookupError: the backend failed, or the entry needs more than the cap.
+            AccountLookupError: the backend failed or hung, or the entry needs more than the
+                cap.
             ValueError: ``uid`` is not a valid uid_t.
         """
         if not 0 <= uid < UID_LIMIT:
             raise ValueError(f"uid {uid} is outside 0..{UID_LIMIT - 1}")
-        return self._lookup(f"uid {uid}", lambda *a: self._getpwuid_r(uid, *a))
+        return self._passwd(f"uid {uid}", lambda *a: self._getpwuid_r(uid, *a))
+
+    def group_by_gid(self, gid: int) -> Group | None:
+        """Look up the group with id ``gid``.
+
+        Raises:
+            AccountLookupError: the backend failed or hung, or the entry needs more than the
+                cap.
+            ValueError: ``gid`` is not a valid gid_t.
+        """
+        if not 0 <= gid < UID_LIMIT:
+            raise ValueError(f"gid {gid} is outside 0..{UID_LIMIT - 1}")
+
+        def call() -> Group | None:
+            entry = _Group()
+            held = self._retrying(
+                f"gid {gid}", "group", entry, lambda *a: self._getgrgid_r(gid, *a)
+            )
+            return None if held is None else Group(_text(entry.gr_name), int(entry.gr_gid))
+
+        return self._bounded(f"gid {gid}", "group", call)
 
     def groups_of(self, name: str, gid: int) -> tuple[int, ...]:
         """Return the account's group list, ``gid`` first, as ``getgrouplist(3)`` gives it.
 
         Raises:
-            AccountLookupError: libc keeps asking for more room than NGROUPS_MAX.
+            AccountLookupError: libc keeps asking for more room than NGROUPS_MAX, or hung.
         """
         key = name.encode("utf-8", "surrogateescape")
-        size = 32
-        while True:
-            groups = (ctypes.c_uint32 * size)()
-            count = ctypes.c_int(size)
-            if self._getgrouplist(key, gid, groups, ctypes.byref(count)) >= 0:
-                return tuple(groups[: count.value])
-            size = max(count.value, size * 2)
-            if size > NGROUPS_MAX:
-                raise AccountLookupError(
-                    f"groups of user {name!r}: getgrouplist wants room for {size} groups, more "
-                    f"than the kernel allows ({NGROUPS_MAX}); check the group database",
-                    key=f"groups of {name!r}",
-                    errno=errno.ERANGE,
-                )
 
-    def _lookup(self, key: str, call: _Call) -> Account | None:
+        def call() -> tuple[int, ...]:
+            size = 32
+            while True:
+                groups = (ctypes.c_uint32 * size)()
+                count = ctypes.c_int(size)
+                if self._getgrouplist(key, gid, groups, ctypes.byref(count)) >= 0:
+                    return tuple(groups[: count.value])
+                size = max(count.value, size * 2)
+                if size > NGROUPS_MAX:
+                    raise AccountLookupError(
+                        f"groups of user {name!r}: getgrouplist wants room for {size} groups, "
+                        f"more than the kernel allows ({NGROUPS_MAX}); check the group database",
+                        key=f"groups of {name!r}",
+                        errno=errno.ERANGE,
+                    )
+
+        return self._bounded(f"the groups of user {name!r}", "group", call)
+
+    def _passwd(self, key: str, call: _Call) -> Account | None:
+        def lookup() -> Account | None:
+            entry = _Passwd()
+            held = self._retrying(key, "passwd", entry, call)
+            return None if held is None else _account(entry)
+
+        return self._bounded(key, "passwd", lookup)
+
+    def _bounded(self, key: str, database: str, call: Callable[[], _T]) -> _T:
+        if self._timeout is None:
+            return call()
+        return bounded_call(
+            call, self._timeout, what=f"looking up {key}", database=database,
+            nsswitch=self._nsswitch,
+        )  # fmt: skip
+
+    def _retrying(
+        self, key: str, database: str, entry: ctypes.Structure, call: _Call
+    ) -> ctypes.Array[ctypes.c_char] | None:
+        """Call with a growing buffer; return it when found, None when not found.
+
+        ``entry``'s strings point into the buffer, so the caller holds it while reading them.
+        """
         size = self._initial
         while True:
-            entry = _Passwd()
-            result = ctypes.POINTER(_Passwd)()
+            result = ctypes.c_void_p()
             buffer = ctypes.create_string_buffer(size)
             code = call(ctypes.byref(entry), buffer, size, ctypes.byref(result))
             if code == 0:
-                return _account(result.contents) if result else None
-            if code in NOT_FOUND_CODES:
-                return None
+                return buffer if result.value else None
             if code != errno.ERANGE:
+                name = errno.errorcode.get(code, "?")
                 raise AccountLookupError(
-                    f"looking up {key} failed: {os.strerror(code)} (errno {code}); an NSS backend "
-                    "in /etc/nsswitch.conf is failing: fix it and try again (this is never "
-                    "taken for 'no such user')",
+                    f"looking up {key} failed: {os.strerror(code)} (errno {code}, {name}); "
+                    f"an NSS source is failing: {read_nsswitch(self._nsswitch).hint(database)}; "
+                    "fix it and try again (a failed lookup is never taken for 'no such user')",
                     key=key,
                     errno=code,
                 )
@@ -219,6 +304,48 @@ class LibcLookup:
                 )
             log.debug("looking up %s: ERANGE with a %d-byte buffer, retrying", key, size)
             size = min(size * 2, self._cap)
+
+
+def bounded_call(
+    call: Callable[[], _T],
+    timeout: float,
+    *,
+    what: str,
+    database: str,
+    nsswitch: Path = NSSWITCH,
+) -> _T:
+    """Run ``call`` in a short-lived thread; a call still running after ``timeout`` is an error.
+
+    The thread is abandoned, not stopped (a blocked C call cannot be): the command fails, and
+    the thread ends with the process.
+
+    Raises:
+        AccountLookupError: no answer within ``timeout`` seconds; naming ``what`` and the
+            sources of ``database``.
+        Whatever ``call`` raises.
+    """
+    outcome: list[_T] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name=what, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise AccountLookupError(
+            f"{what} gave no answer within {timeout:g} s (lookup_timeout): an NSS source "
+            f"hangs; {read_nsswitch(nsswitch).hint(database)}",
+            key=what,
+            errno=errno.ETIMEDOUT,
+        )
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 class _Call(Protocol):

@@ -268,6 +268,12 @@ class _Resolution:
                 "never runs as uid 0; give the account its own non-zero uid"
             )
         self._check_gid(account.name, account.gid)
+        # getgrouplist(3) skips a group source that fails; looking up the primary group
+        # through the same sources does not, so an outage is not mistaken for fewer groups.
+        try:
+            self.lookup.group_by_gid(account.gid)
+        except AccountLookupError as exc:
+            raise self._aborted(tier, f"gid {account.gid}", exc) from exc
         try:
             groups = self.lookup.groups_of(account.name, account.gid)
         except AccountLookupError as exc:

@@ -6,6 +6,8 @@ The file (``--config FILE``, else ``/etc/qemu-depriv.toml`` when it exists) hold
     restrict = true                # fail closed: never root, never gid 0
     state_dir = "/run/qemu-depriv" # runtime state; dies with the host, as the VMs do
     lock_timeout = 30.0            # seconds to wait for the state store before exit 4
+    lookup_timeout = 10.0          # seconds an account lookup may take before exit 4
+    sources_without_accounts = []  # NSS sources (e.g. "sss") that hold no device-model account
 
     [layers]                       # every layer is on unless switched off here
     chroot = true
@@ -67,6 +69,8 @@ class Settings:
     restrict: bool = True
     state_dir: Path = DEFAULT_STATE_DIR
     lock_timeout: float = 30.0
+    lookup_timeout: float = 10.0
+    sources_without_accounts: tuple[str, ...] = ()
     layers: LayerSettings = field(default_factory=LayerSettings)
 
     def with_overrides(
@@ -113,7 +117,8 @@ def load_settings(path: Path | None) -> Settings:
 
 def _settings_from(path: Path, data: dict[str, Any]) -> Settings:
     known = {
-        "prefix": str, "restrict": bool, "state_dir": str, "lock_timeout": float, "layers": dict,
+        "prefix": str, "restrict": bool, "state_dir": str, "lock_timeout": float,
+        "lookup_timeout": float, "sources_without_accounts": list, "layers": dict,
     }  # fmt: skip
     _check_keys(path, data, known)
     settings = Settings()
@@ -127,10 +132,21 @@ def _settings_from(path: Path, data: dict[str, Any]) -> Settings:
             if not 1 <= value <= (10000 if key == "cpu_weight" else 1 << 40):
                 raise InvalidInput(f"config {path}: layers.{key} = {value} is out of range")
         settings = replace(settings, layers=LayerSettings(**data["layers"]))
-    if "lock_timeout" in data:
-        if not 0 < data["lock_timeout"] <= 3600:
-            raise InvalidInput(f"config {path}: lock_timeout must be 0-3600 seconds")
-        settings = replace(settings, lock_timeout=data["lock_timeout"])
+    timeouts: dict[str, Any] = {}
+    for key in ("lock_timeout", "lookup_timeout"):
+        if key in data:
+            if not 0 < data[key] <= 3600:
+                raise InvalidInput(f"config {path}: {key} must be 0-3600 seconds")
+            timeouts[key] = float(data[key])
+    settings = replace(settings, **timeouts)
+    if "sources_without_accounts" in data:
+        sources = data["sources_without_accounts"]
+        if not all(isinstance(s, str) and s.isidentifier() for s in sources):
+            raise InvalidInput(
+                f"config {path}: sources_without_accounts must be a list of NSS source names "
+                f'as /etc/nsswitch.conf spells them, such as ["sss"]'
+            )
+        settings = replace(settings, sources_without_accounts=tuple(sources))
     return settings.with_overrides(
         prefix=data.get("prefix"),
         restrict=data.get("restrict"),
@@ -140,7 +156,7 @@ def _settings_from(path: Path, data: dict[str, Any]) -> Settings:
 
 _KINDS = {
     str: "a quoted string", bool: "true or false", int: "a whole number", float: "a number",
-    dict: "a table",
+    dict: "a table", list: "a list",
 }  # fmt: skip
 
 

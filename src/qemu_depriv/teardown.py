@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qemu_depriv.cgroups import CgroupHost, VmCgroup
-from qemu_depriv.errors import EnvironmentFailure
+from qemu_depriv.errors import AccountLookupError, EnvironmentFailure
 from qemu_depriv.nss import AccountLookup
 from qemu_depriv.procs import is_alive, live_pids_of_uid
 from qemu_depriv.qemu.argv import VmPaths, vm_paths
@@ -134,12 +134,17 @@ class Teardown:
         """The reaper account's uid, else the range base uid, else the overflow uid.
 
         Chosen under the reapers' host-wide lock.  A candidate that owns live processes is
-        passed over: the reaper would kill them.  The last resort, (uid_t)-2, is no account's
-        and can own a process only if root gives it one.
+        passed over: the reaper would kill them; so is one whose lookup fails.  The last
+        resort, (uid_t)-2, is no account's and can own a process only if root gives it one.
         """
         prefix = self.settings.prefix
         for name in (f"{prefix}-reaper", f"{prefix}-range-base", f"{prefix}-base"):
-            account = self.lookup.user_by_name(name)
+            try:
+                account = self.lookup.user_by_name(name)
+            except AccountLookupError as exc:
+                # A teardown must not stop at a directory outage: a weaker reaper is as safe.
+                log.warning("reaper candidate %s: %s", name, exc.message)
+                continue
             if (
                 account is not None
                 and account.uid not in (0, vm_uid)

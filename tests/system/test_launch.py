@@ -254,3 +254,19 @@ def test_six_vms_stopped_at_once_all_stop(vmhost: VmHost) -> None:
         results = list(pool.map(lambda vm: vmhost.run("stop", vm["name"]), vms))
     assert [r.returncode for r in results] == [0] * 6, [r.stderr for r in results]
     assert all(live_pids_of_uid(vm["uid"]) == [] for vm in vms)
+
+
+def test_the_decisions_warnings_are_on_stderr_before_anything_starts(vmhost: VmHost) -> None:
+    """A QEMU that dies at once: the shared-tier warning was printed all the same, so it came
+    before the start, not after a success."""
+    shared = f"xen-qemuuser-shared:x:{EXPLICIT_UID + 1}:{EXPLICIT_UID + 1}::/nonexistent:/bin/false"
+    vmhost.accounts(
+        (*PASSWD[1:], shared), (*GROUP[1:], f"xen-qemuuser-shared:x:{EXPLICIT_UID + 1}:")
+    )
+    qemu = _wrapper(vmhost, 'exec qemu-system-x86_64 "$@" -device no-such-device')
+    done = vmhost.run("launch", str(vmhost.config("web")), "--qemu", str(qemu))
+    assert done.returncode == 4
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("qemu-depriv: warning: shared tier:"), lines
+    assert lines[-1].startswith("qemu-depriv: error: "), lines
+    assert_nothing_left(vmhost)

@@ -278,3 +278,12 @@ def test_the_name_tier_finds_dotted_and_upper_case_accounts_as_the_seed_does(
     assert (decision["tier"], decision["user"]) == ("name", f"{P}-{name}")
     assert decision["tried"] == [{"tier": "name", "name": f"{P}-{name}", "outcome": "found"}]
 
+
+def test_a_skipped_name_tier_and_the_shared_tier_are_warned_on_stderr_too(cli: Cli) -> None:
+    cli.accounts([user(f"{P}-shared", 6000)])
+    code, decision, stderr = cli.json("resolve", "--domid", "7", "--name", "my vm")
+    assert (code, decision["tier"]) == (0, "shared")
+    warnings = [line for line in stderr.splitlines() if line.startswith("qemu-depriv: warning: ")]
+    assert len(warnings) == 2 == len(decision["warnings"])
+    assert "name tier skipped" in warnings[0]
+    assert "shared tier" in warnings[1]

@@ -55,6 +55,8 @@ class VmHost:
     root: Path
     state_dir: Path = field(init=False)
     env: dict[str, str] = field(default_factory=dict)
+    #: The settings file's text, when the commands should read one.
+    settings: str | None = None
 
     def __post_init__(self) -> None:
         self.accounts()
@@ -80,9 +82,15 @@ class VmHost:
         return path
 
     def command(self, *args: str) -> list[str]:
+        config: list[str] = []
+        if self.settings is not None:
+            path = self.root / "qemu-depriv.toml"
+            path.write_text(self.settings)
+            config = ["--config", str(path)]
         return [
             sys.executable, str(NSEXEC), str(self.root / "accounts"), "--",
-            sys.executable, "-m", "qemu_depriv", "--state-dir", str(self.state_dir), *args,
+            sys.executable, "-m", "qemu_depriv", "--state-dir", str(self.state_dir), *config,
+            *args,
         ]  # fmt: skip
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

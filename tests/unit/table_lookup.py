@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from qemu_depriv.errors import AccountLookupError
-from qemu_depriv.nss import Account
+from qemu_depriv.nss import Account, Group
 
 
 def account(
@@ -26,7 +26,7 @@ class TableLookup:
     accounts: list[Account] = field(default_factory=list)
     #: name -> extra gids (supplementary groups)
     memberships: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    #: keys that fail: a user name, or "uid N"
+    #: keys that fail: a user name, "uid N", or "gid N"
     failing: set[str] = field(default_factory=set)
     #: names that a by-name query does not find although the account exists (an inconsistent
     #: backend: found by uid, not by name)
@@ -49,6 +49,10 @@ class TableLookup:
     def user_by_uid(self, uid: int) -> Account | None:
         self._fail_if_asked(f"uid {uid}")
         return next((a for a in self.accounts if a.uid == uid), None)
+
+    def group_by_gid(self, gid: int) -> Group | None:
+        self._fail_if_asked(f"gid {gid}")
+        return Group(f"group{gid}", gid)
 
     def groups_of(self, name: str, gid: int) -> tuple[int, ...]:
         return (gid, *self.memberships.get(name, ()))

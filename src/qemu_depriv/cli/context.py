@@ -24,15 +24,15 @@ class Context:
 
     def launcher(self) -> Launcher:
         """A launcher wired to the real system: libc NSS, the state store, the probe."""
+        from qemu_depriv.directory import system_lookup
         from qemu_depriv.launcher import Launcher, kvm_works
-        from qemu_depriv.nss import LibcLookup
         from qemu_depriv.qemu.caps import CapsProbe
         from qemu_depriv.state import StateStore
 
         state_dir = self.settings.state_dir
         return Launcher(
             settings=self.settings,
-            lookup=LibcLookup(),
+            lookup=system_lookup(self.settings),
             store=StateStore(state_dir, busy_timeout=self.settings.lock_timeout),
             probe=CapsProbe(cache_file=state_dir / "caps.json"),
             kvm_works=kvm_works,

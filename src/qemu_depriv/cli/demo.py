@@ -83,7 +83,7 @@ def _print_event(event: Event) -> None:
 def run(_args: argparse.Namespace, context: Context) -> int:
     """Run the resolution scenarios, then the VM walkthrough, printing each step."""
     from qemu_depriv.demo import demo_host, demo_launcher, resolution_scenarios, vm_walkthrough
-    from qemu_depriv.nss import LibcLookup
+    from qemu_depriv.directory import system_lookup
 
     scenarios: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
@@ -91,7 +91,7 @@ def run(_args: argparse.Namespace, context: Context) -> int:
         if not context.as_json:
             print("Part 1: resolving domains against temporary accounts (real NSS, private")
             print("mount namespace; the host's /etc/passwd and /etc/group are not touched).\n")
-        for result in resolution_scenarios(LibcLookup()):
+        for result in resolution_scenarios(system_lookup(context.settings)):
             if context.as_json:
                 scenarios.append(_scenario_json(result))
             else:

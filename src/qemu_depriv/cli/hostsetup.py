@@ -77,14 +77,24 @@ def run_provision(args: argparse.Namespace, context: Context) -> int:
 
 def run_doctor(args: argparse.Namespace, context: Context) -> int:
     """Run every check; exit 1 when something needs fixing."""
-    from qemu_depriv.doctor import check_accounts, check_kernel, check_qemu, check_state_dir
-    from qemu_depriv.nss import LibcLookup
+    from qemu_depriv.directory import system_lookup
+    from qemu_depriv.doctor import (
+        check_accounts,
+        check_kernel,
+        check_qemu,
+        check_sources,
+        check_state_dir,
+    )
+    from qemu_depriv.nsswitch import read_nsswitch
     from qemu_depriv.qemu.caps import CapsProbe
 
     settings = context.settings
     findings = [
         *check_qemu(CapsProbe(), args.qemu),
-        *check_accounts(LibcLookup(), settings.prefix, args.root),
+        *check_sources(
+            read_nsswitch(), frozenset(settings.sources_without_accounts), settings.lookup_timeout
+        ),
+        *check_accounts(system_lookup(settings), settings.prefix, args.root),
         *check_kernel(),
         *check_state_dir(settings.state_dir),
     ]

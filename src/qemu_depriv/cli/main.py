@@ -68,10 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Formatter(logging.Formatter):
+    """``qemu-depriv: warning: ...``, as the CLI's own warnings and errors read."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname = record.levelname.lower()
+        return super().format(record)
+
+
 def _configure_logging(verbose: int, debug: bool) -> None:
     level = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("qemu-depriv: %(levelname)s: %(message)s"))
+    handler.setFormatter(_Formatter("qemu-depriv: %(levelname)s: %(message)s"))
     for old in [h for h in log.handlers if isinstance(h, logging.StreamHandler)]:
         log.removeHandler(old)
     log.addHandler(handler)

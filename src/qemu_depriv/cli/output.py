@@ -16,6 +16,11 @@ def emit_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
+def warn(message: str) -> None:
+    """Print one warning on stderr, as every warning of a decision is."""
+    print(f"qemu-depriv: warning: {' '.join(message.split())}", file=sys.stderr)
+
+
 def report_error(exc: QemuDeprivError, *, as_json: bool) -> None:
     """Print the one-line error on stderr and, with ``--json``, the error object on stdout."""
     message = " ".join(exc.message.split())

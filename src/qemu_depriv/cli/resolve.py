@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from qemu_depriv.cli.context import Commands, Context
-from qemu_depriv.cli.output import describe_decision, emit_json
+from qemu_depriv.cli.output import describe_decision, emit_json, warn
+from qemu_depriv.directory import system_lookup
 from qemu_depriv.domain import validate_domain_name, validate_domid, validate_user_name
-from qemu_depriv.nss import LibcLookup
 from qemu_depriv.policy import Request, resolve
 
 
@@ -38,7 +38,9 @@ def run(args: argparse.Namespace, context: Context) -> int:
         restrict=context.settings.restrict if args.restrict is None else args.restrict,
         prefix=context.settings.prefix,
     )
-    decision = resolve(request, LibcLookup())
+    decision = resolve(request, system_lookup(context.settings))
+    for warning in decision.warnings:
+        warn(warning)
     if context.as_json:
         emit_json({**decision.as_dict(), "layers": context.settings.layers.as_dict()})
     else:

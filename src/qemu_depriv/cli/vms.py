@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemu_depriv.cli.context import Commands, Context
-from qemu_depriv.cli.output import describe_decision, emit_json
+from qemu_depriv.cli.output import describe_decision, emit_json, warn
 from qemu_depriv.domain import MODES, validate_domid
 
 if TYPE_CHECKING:
@@ -97,6 +96,8 @@ def run_launch(args: argparse.Namespace, context: Context) -> int:
         return 0
     if args.dry_run:
         plan = launcher.plan(request, request.domid or launcher.free_domid())
+        for warning in (*plan.decision.warnings, *plan.warnings):
+            warn(warning)
         if context.as_json:
             emit_json(
                 {"mode": plan.mode, "domid": plan.domid, "decision": plan.decision.as_dict(),
@@ -106,7 +107,6 @@ def run_launch(args: argparse.Namespace, context: Context) -> int:
         else:
             print(f"domid {plan.domid}, mode {plan.mode}: {reason}")
             print("\n".join(describe_decision(plan.decision)))
-            print("\n".join(f"  warning: {w}" for w in plan.warnings))
             print(shlex.join(plan.argv))
         return 0
     record = launcher.launch(request)
@@ -125,7 +125,7 @@ def run_stop(args: argparse.Namespace, context: Context) -> int:
     launcher = context.launcher()
     record, warnings = launcher.stop(args.vm, timeout=args.timeout)
     for warning in warnings:
-        print(f"qemu-depriv: warning: {warning}", file=sys.stderr)
+        warn(warning)
     if context.as_json:
         emit_json(
             {"name": record.name, "domid": record.domid, "uid": record.uid, "state": "stopped",
@@ -160,7 +160,7 @@ def run_recover(_args: argparse.Namespace, context: Context) -> int:
     launcher = context.launcher()
     report = launcher.recover() if launcher.store.exists() else RecoveryReport()
     for warning in report.warnings:
-        print(f"qemu-depriv: warning: {warning}", file=sys.stderr)
+        warn(warning)
     if context.as_json:
         emit_json(report.as_dict())
     else:
