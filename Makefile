@@ -10,7 +10,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := qemu-system-x86 libnss-wrapper util-linux passwd gcc libc6-dev python3-venv
+APT_PACKAGES := qemu-system-x86 libnss-wrapper util-linux passwd gcc libc6-dev python3-venv libxen-dev
 # The directory-service lab of tests/directory (OpenLDAP, nslcd, SSSD and its InfoPipe), run only
 # inside the tests' private mount namespaces. sssd-common depends on libpam-sss (and it on
 # libpam-pwquality), whose PAM profiles the install disables again (pam-auth-update --disable, so

@@ -1,20 +1,46 @@
-r"""A parser for xl.cfg(5) domain configuration files, as Xen's libxlu reads them (pure).
+r"""The xl.cfg(5) reader: domain configs read exactly as Xen 4.17's libxlutil reads them (pure).
 
-Syntax: ``KEY = VALUE`` settings ended by a newline or ``;``; ``#`` comments; values are
-strings in double quotes (with libxlu's escapes ``\\ \" \' \a \b \f \n \r \t \v``) or single
-quotes (no escapes), numbers (decimal, ``0x`` hex, ``0`` octal), or lists ``[ a, b, ]`` of
-strings and numbers that may span lines and end with a comma.  ``KEY += VALUE`` appends.
-A key given twice keeps the last value, as in xl; unknown keys are kept (xl ignores them).
+libxlutil (``tools/libs/util``: a flex lexer, a bison grammar and ``libxlu_cfg.c``) is what
+``xl create`` uses, and this module agrees with it byte for byte; ``tests/xl`` holds it against
+the real library.  What libxlutil does, and so what this does:
 
-Errors are :class:`~qemu_depriv.errors.InvalidInput` naming ``FILE:LINE:COL``.  This is written
-by hand because no maintained Python library reads libxlu's grammar.
+- A file is bytes, not text: any byte passes through comments and quoted strings (a Latin-1
+  ``é`` stays the byte 0xE9).  Values are str decoded from UTF-8 with ``surrogateescape``,
+  so a non-UTF-8 byte round-trips (``value.encode("utf-8", "surrogateescape")``).
+- Settings are ``key = value`` or ``key += value``, ended by a newline or ``;``; the last one
+  may end the file.  Keys are ``[a-z][._0-9a-z]*``.  ``#`` starts a comment that only a
+  newline ends: a comment on the last line without a final newline is refused, but one stray
+  character at the very end of a file is dropped (``a = 1 #`` at EOF reads ``a = 1``).
+- An atom is a quoted string or a number, and libxlutil keeps both as text: ``512``, ``"512"``
+  and ``'512'`` are the same value.  A bare number is ``[0-9][0-9a-fx]*``, so ``12ab`` and
+  ``09`` are values (text), while ``0xFF``, ``0X10``, ``-1`` and ``1.5`` are refused.  How a
+  number is read is each key's business (:func:`xl_long` is ``xlu_cfg_get_long``, C ``strtol``
+  base 0; xl reads a few keys such as ``cpus`` items in base 10, so ``[09]`` is CPU 9).
+- Single and double quotes are the same, with the same escapes: ``\\ \" \' \a \b \f \n \r
+  \t \v``.  ``\x..`` is always refused by libxlutil; an octal escape ``\NNN`` is silently
+  dropped by it, digits and all, which we refuse (see below).  A carriage return is kept
+  inside a string or comment and refused elsewhere.
+- Lists ``[ a, b, ]`` nest, span lines, may hold comments, and take a trailing comma.
+  libxlutil's parser stack holds 9,999 entries, which bounds nesting (4,996 levels of ``[[``,
+  1,999 of ``[1,[``); so does ours, to the entry.
+- A key given twice keeps its last value.  ``+=`` joins the new value to the current one:
+  text to text (``1`` then ``+= 2`` is ``"12"``), list to list; a list to text is refused.
+  A value set with ``+=`` is never a number to xl.
+
+Where libxlutil or xl's option code silently changes what a file says, this refuses the file
+instead, with a message that says why; each such case is a row of the admin guide's table
+(docs/qemu-deprivilege.md, "Domain configs (xl.cfg)") and carries one of
+:data:`DIFFERENCES`' phrases.  Errors are :class:`~qemu_depriv.errors.InvalidInput` naming
+``FILE:LINE:COL`` and the fix.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeAlias
 
 from qemu_depriv.domain import DomainConfig
 from qemu_depriv.errors import InvalidInput
@@ -23,271 +49,353 @@ from qemu_depriv.xldevices import parse_disk, parse_vif
 #: A config larger than this is refused unread: real ones are a few kilobytes.
 MAX_CONFIG_BYTES = 1 << 20
 
-Value = str | int | list[str | int]
+#: An atom (xl keeps numbers as their text) or a list, whose items may be lists.
+Value: TypeAlias = str | tuple["Value", ...]
+
+#: The deliberate differences from xl, by the admin guide's row: the phrase each refusal says.
+DIFFERENCES = {
+    "octal-escape": "xl would silently drop",
+    "nul-in-string": "xl aborts on it",
+    "wrong-kind": "xl would ignore the setting",
+    "not-a-number": "xl would ignore it and use its default",
+    "nested-item": "xl would stop reading the list there",
+    "too-large": "not a domain config file",
+}
+
+#: bison's YYMAXDEPTH in libxlutil's parser: a push onto its 10,000th entry exhausts it.
+_PARSER_STACK = 9999
+_ERANGE, _EINVAL = 34, 22
 
 _TOKEN = re.compile(
-    r"""
-    (?P<space>[ \t]+)
-  | (?P<comment>\#[^\n]*)
-  | (?P<newline>\n)
-  | (?P<ident>[a-z][a-z0-9_.]*)
-  | (?P<badident>[A-Za-z_][A-Za-z0-9_.]*)
-  | (?P<number>0[xX][0-9A-Fa-f]+|[0-9]+)(?![A-Za-z0-9_.])
-  | (?P<badnumber>[0-9][A-Za-z0-9_.]*)
-  | (?P<dstring>"(?:[^"\\\n]|\\.)*")
-  | (?P<sstring>'[^'\n]*')
-  | (?P<op>\+=|[=\[\],;])
-    """,
-    re.VERBOSE,
+    rb"(?P<space>[ \t]+)"
+    rb"|(?P<newline>\n|#[^\n]*\n)"
+    rb"|(?P<ident>[a-z][._0-9a-z]*)"
+    rb"|(?P<number>[0-9][0-9a-fx]*)"
+    rb"""|(?P<string>"(?:[^"\\\n]|\\[^\n])*"|'(?:[^'\\\n]|\\[^\n])*')"""
+    rb"|(?P<op>\+=|[=\[\],;])"
 )
-_ESCAPE = re.compile(r"\\(.)", re.S)
-_SIMPLE_ESCAPES = {
-    '"': '"', "'": "'", "\\": "\\", "a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r",
-    "t": "\t", "v": "\v",
-}  # fmt: skip
+_ESCAPES = {ord(k): ord(v) for k, v in zip("\"'\\abfnrtv", "\"'\\\a\b\f\n\r\t\v", strict=True)}
+_C_SPACE = b" \t\n\v\f\r"
+#: What C's strtol(value, &end, 0) reads: leading C whitespace, a sign, hex, octal or decimal.
+_STRTOL = re.compile(r"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+_WORD = re.compile(rb"[^ \t\n,\];]*")
+_STRAY = {
+    b"#": "a comment on the last line needs a newline at its end: xl refuses it without",
+    b"\r": "carriage return: xl reads Unix line ends only (convert with dos2unix)",
+    b"A": "setting names are lower case, starting with a letter, in xl",
+    **dict.fromkeys(
+        (b'"', b"'"), "unterminated string: close it on the same line (write \\n for a newline)"
+    ),
+    **dict.fromkeys(
+        (bytes([c]) for c in b"+-.():"),
+        'xl reads no signs, decimals or expressions: quote text such as "-1"',
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key as xl uses it: its last assignment, with every ``+=`` before it applied.
+
+    ``appended`` is set when that last assignment was ``+=``: xl then never reads the value
+    as a number.  ``line`` and ``col`` say where it was set, for messages.
+    """
+
+    value: Value
+    appended: bool = False
+    line: int = 0
+    col: int = 0
 
 
 @dataclass(frozen=True)
 class _Token:
     kind: str
-    text: str
+    raw: bytes
+    pos: int
     line: int
-    col: int
+    line_start: int
+    text: str = ""  # an atom's value
 
 
-class _Lexer:
-    def __init__(self, text: str, source: str) -> None:
-        self.text, self.source = text, source
+class _Reader:
+    """One pass over the bytes of a file: flex's tokens fed to bison's grammar, by hand."""
 
-    def error(self, line: int, col: int, message: str) -> InvalidInput:
+    def __init__(self, data: bytes, source: str) -> None:
+        self.data, self.source = data, source
+        self.pos, self.line, self.line_start = 0, 1, 0
+        self.ahead: _Token | None = None
+        self.previous: _Token | None = None
+        self.depth = 0
+
+    def error(self, pos: int, message: str, *, line: int | None = None) -> InvalidInput:
+        line = self.line if line is None else line
+        start = self.data.rfind(b"\n", 0, pos) + 1
+        col = len(self.data[start:pos].decode("utf-8", "surrogateescape")) + 1
         return InvalidInput(f"{self.source}:{line}:{col}: {message}")
 
-    def tokens(self) -> list[_Token]:
-        out: list[_Token] = []
-        pos, line, line_start = 0, 1, 0
-        while pos < len(self.text):
-            match = _TOKEN.match(self.text, pos)
-            col = pos - line_start + 1
+    def at(self, token: _Token, message: str) -> InvalidInput:
+        return self.error(token.pos, message, line=token.line)
+
+    # -- the lexer (libxlu_cfg_l.l) -------------------------------------------------------------
+
+    def lex(self) -> _Token:
+        while True:
+            match = _TOKEN.match(self.data, self.pos)
             if match is None:
-                char = self.text[pos]
-                if char == "\r":
-                    raise self.error(
-                        line, col, "carriage return: xl reads Unix line ends only (dos2unix)"
-                    )
-                if char in "\"'":
-                    raise self.error(line, col, "unterminated string: close it on the same line")
-                raise self.error(line, col, f"unexpected character {char!r}")
+                if self.pos >= len(self.data) - 1:
+                    # flex's lexerr state meets the end of the file: its error rule never
+                    # runs, so one stray last byte is dropped without a word.
+                    self.pos = len(self.data)
+                    return _Token("eof", b"", self.pos, self.line, self.line_start)
+                raise self.stray()
             kind = match.lastgroup or ""
-            if kind == "badident":
-                raise self.error(
-                    line, col, f"setting name {match.group()!r}: xl reads only lower-case names"
-                )
-            if kind == "badnumber":
-                raise self.error(
-                    line, col, f"bad number {match.group()!r}: use decimal digits or 0x and hex"
-                )
+            token = _Token(kind, match.group(), self.pos, self.line, self.line_start)
+            self.pos = match.end()
             if kind == "newline":
-                out.append(_Token("newline", "\n", line, col))
-                line, line_start = line + 1, match.end()
-            elif kind not in ("space", "comment"):
-                out.append(_Token(kind, match.group(), line, col))
-            pos = match.end()
-        out.append(_Token("eof", "", line, pos - line_start + 1))
-        return out
+                self.line, self.line_start = self.line + 1, self.pos
+            elif kind == "number":
+                token = replace(token, text=token.raw.decode("ascii"))
+            elif kind == "string":  # unquoted as it is lexed, wherever it stands, as flex does
+                text = _dequote(token, self).decode("utf-8", "surrogateescape")
+                token = replace(token, text=text)
+            if kind != "space":
+                self.previous = token
+                return token
 
-
-def _dequote(token: _Token, lexer: _Lexer) -> str:
-    body = token.text[1:-1]
-    if token.kind == "sstring":
-        return body
-
-    def replace(match: re.Match[str]) -> str:
-        escape = match.group(1)
-        if escape in _SIMPLE_ESCAPES:
-            return _SIMPLE_ESCAPES[escape]
-        why = {
-            "x": "xl fails on \\x escapes",
-            **dict.fromkeys("01234567", "xl drops octal escapes"),
-        }.get(escape, "xl knows no such escape")
-        raise lexer.error(
-            token.line,
-            token.col,
-            f"escape \\{escape} in string: {why}; write the character itself, or \\\\ for a "
-            "backslash",
-        )
-
-    return _ESCAPE.sub(replace, body)
-
-
-class _Parser:
-    def __init__(self, text: str, source: str) -> None:
-        self.lexer = _Lexer(text, source)
-        self.tokens = self.lexer.tokens()
-        self.pos = 0
+    def stray(self) -> InvalidInput:
+        """Why a byte that no token starts with is refused, and what to write instead."""
+        char, before = self.data[self.pos : self.pos + 1], self.previous
+        if (
+            before is not None
+            and before.kind == "number"
+            and before.pos + len(before.raw) == self.pos
+            and re.match(rb"[A-Z._]", char)
+        ):
+            rest = _WORD.match(self.data, self.pos)
+            text = (before.raw + (rest.group() if rest else b"")).decode("utf-8", "surrogateescape")
+            fix = "quote it if it is text"
+            if re.fullmatch(r"[0-9][0-9a-fx]*", text.lower()):
+                fix = f"write {text.lower()!r}, or quote it if it is text"
+            return self.at(
+                before, f"number {text!r}: xl reads digits, a-f and x only (hex in lower case, "
+                f"no signs or decimals): {fix}",
+            )  # fmt: skip
+        if char.isupper() or char == b"_":
+            char = b"A"
+        why = _STRAY.get(char, f"unexpected byte {char!r} outside quotes and comments")
+        return self.error(self.pos, why)
 
     def peek(self) -> _Token:
-        return self.tokens[self.pos]
+        if self.ahead is None:
+            self.ahead = self.lex()
+        return self.ahead
 
     def take(self) -> _Token:
-        token = self.tokens[self.pos]
-        self.pos += 1
+        token = self.peek()
+        self.ahead = None
         return token
 
-    def error(self, token: _Token, message: str) -> InvalidInput:
-        return self.lexer.error(token.line, token.col, message)
+    # -- the grammar (libxlu_cfg_y.y) -----------------------------------------------------------
 
-    def skip_newlines(self) -> None:
+    def push(self, count: int, token: _Token) -> None:
+        """Mirror bison's stack, whose overflow ("memory exhausted") refuses the file."""
+        self.depth += count
+        if self.depth > _PARSER_STACK:
+            raise self.at(token, "lists nested too deeply: xl's parser runs out of stack")
+
+    def newlines(self) -> None:
+        """``nlok``: any newlines (and comments), each shifted then reduced."""
         while self.peek().kind == "newline":
-            self.take()
+            self.push(1, self.take())
+            self.depth -= 1
 
-    def parse(self) -> dict[str, Value]:
-        settings: dict[str, Value] = {}
+    def parse(self) -> dict[str, Setting]:
+        settings: dict[str, Setting] = {}
         while (token := self.take()).kind != "eof":
-            if token.kind == "newline" or token.text == ";":
+            if token.kind == "newline" or token.raw == b";":
                 continue
             if token.kind != "ident":
-                raise self.error(token, f"expected a setting name, found {_show(token)}")
+                raise self.at(token, f"expected a setting name, found {_show(token)}")
             operator = self.take()
-            if operator.text not in ("=", "+="):
-                raise self.error(
-                    operator, f"expected '=' after {token.text!r}, found {_show(operator)}"
+            if operator.raw not in (b"=", b"+="):
+                raise self.at(
+                    operator, f"expected '=' after {_name(token)}, found {_show(operator)}"
                 )
+            self.depth = 4  # bison's states for: start, stmts, IDENT, the operator
             value = self.value()
-            end = self.take()
-            if end.kind not in ("newline", "eof") and end.text != ";":
-                raise self.error(
-                    end,
-                    f"expected the end of the line after the value of {token.text!r}, "
-                    f"found {_show(end)}",
-                )
-            if end.kind == "eof":
-                self.pos -= 1
-            if operator.text == "+=":
-                value = _append(settings.get(token.text), value, self, operator)
-            settings[token.text] = value
+            end = self.peek()
+            if end.kind not in ("newline", "eof") and end.raw != b";":
+                raise self.at(
+                    end, f"expected the end of the line after the value of {_name(token)}, found "
+                    f"{_show(end)}",
+                )  # fmt: skip
+            key = token.raw.decode("ascii")
+            appended = operator.raw == b"+="
+            if appended and key in settings:
+                value = self.join(settings[key].value, value, operator)
+            col = len(self.data[token.line_start : token.pos].decode("utf-8", "surrogateescape"))
+            settings[key] = Setting(value, appended, token.line, col + 1)
         return settings
 
-    def atom(self) -> str | int | None:
-        token = self.peek()
-        if token.kind in ("dstring", "sstring"):
-            self.take()
-            return _dequote(token, self.lexer)
-        if token.kind == "number":
-            self.take()
-            value = parse_number(token.text)
-            if value is None:
-                raise self.error(token, f"bad number {token.text!r}: octal digits are 0-7")
-            return value
-        return None
+    def join(self, old: Value, new: Value, operator: _Token) -> Value:
+        """``+=`` as ``xlu__cfg_concat_vals`` does it: text to text, list to list."""
+        if isinstance(old, str) and isinstance(new, str):
+            return old + new
+        if isinstance(old, tuple) and isinstance(new, tuple):
+            return old + new
+        raise self.at(operator, "'+=' cannot add a list to one value or one value to a list")
 
     def value(self) -> Value:
-        token = self.peek()
-        atom = self.atom()
-        if atom is not None:
-            return atom
-        if token.text != "[":
-            raise self.error(
-                token,
-                f"expected a value (a quoted string, a number or a list), found {_show(token)}",
-            )
-        self.take()
-        items: list[str | int] = []
-        self.skip_newlines()
-        while self.peek().text != "]":
-            item_token = self.peek()
-            item = self.atom()
-            if item is None:
-                if item_token.kind == "eof":
-                    raise self.error(token, "unterminated list: close it with ']'")
-                raise self.error(
-                    item_token,
-                    "expected a list item (a quoted string or a number), "
-                    f"found {_show(item_token)}",
-                )
-            items.append(item)
-            self.skip_newlines()
-            separator = self.peek()
-            if separator.text == ",":
-                self.take()
-                self.skip_newlines()
-            elif separator.text != "]":
-                if separator.kind == "eof":
-                    raise self.error(token, "unterminated list: close it with ']'")
-                raise self.error(
-                    separator, f"expected ',' or ']' in the list, found {_show(separator)}"
-                )
-        self.take()
-        return items
+        """One value, lists iteratively: a file may nest them thousands deep.
+
+        ``self.depth`` follows bison's stack through ``value: '[' nlok valuelist ']'``,
+        ``values: value nlok | values ',' nlok value nlok`` and ``valuelist: | values |
+        values ',' nlok``, so that nesting runs out where libxlutil's does.
+        """
+        open_lists: list[tuple[list[Value], _Token]] = []
+        while True:
+            token = self.take()
+            if token.kind in ("number", "string"):
+                self.push(1, token)
+                value: Value = token.text
+            elif token.raw == b"[":
+                self.push(2, token)  # '[' and an empty nlok
+                self.newlines()
+                if self.peek().raw != b"]":
+                    open_lists.append(([], token))
+                    continue
+                self.push(2, self.take())  # an empty valuelist, then ']'
+                self.depth -= 3
+                value = ()
+            else:
+                raise self.unexpected(token, open_lists)
+            while open_lists:
+                if not self.item_done(value, *open_lists[-1]):
+                    break
+                value = tuple(open_lists.pop()[0])
+            else:
+                return value
+
+    def item_done(self, value: Value, items: list[Value], opened: _Token) -> bool:
+        """Add an item to an open list; whether the list then closed (else an item follows)."""
+        self.push(1, opened)  # nlok after the item
+        self.newlines()
+        self.depth -= 4 if items else 1  # reduced to 'values'
+        items.append(value)
+        separator = self.take()
+        if separator.raw == b",":
+            self.push(2, separator)
+            self.newlines()
+            if self.peek().raw != b"]":
+                return False
+            self.depth -= 2
+            separator = self.take()
+        elif separator.raw != b"]":
+            if separator.kind == "eof":
+                raise self.at(opened, "unterminated list: close it with ']'")
+            raise self.at(separator, f"expected ',' or ']' in the list, found {_show(separator)}")
+        self.push(1, separator)
+        self.depth -= 3
+        return True
+
+    def unexpected(
+        self, token: _Token, open_lists: list[tuple[list[Value], _Token]]
+    ) -> InvalidInput:
+        if token.kind == "eof" and open_lists:
+            return self.at(open_lists[-1][1], "unterminated list: close it with ']'")
+        expected = "a value (a quoted string, a number or a list)"
+        if open_lists and token.raw in (b",", b"]"):
+            expected = "a list item"
+        return self.at(token, f"expected {expected}, found {_show(token)}")
 
 
-def parse_number(text: str) -> int | None:
-    """Read a number as libxlu's consumers do (``strtol`` base 0): ``0x`` hex, ``0`` octal.
+def _dequote(token: _Token, reader: _Reader) -> bytes:
+    r"""A quoted string's bytes, as ``xlu__cfgl_dequote`` makes them.
 
-    Returns None when ``text`` is not such a number.
+    Raises InvalidInput for a NUL byte (libxlutil's ``strlen`` stops there and an assertion
+    kills xl), ``\x`` (libxlutil skips a digit and then always fails), an unknown escape, and
+    an octal escape: libxlutil refuses one with fewer than two characters after its digit
+    that C's ``strtoul(..., 10)`` reads, and silently drops any other, digits included.
     """
-    text = text.strip()
-    if re.fullmatch(r"0[xX][0-9A-Fa-f]+", text):
-        return int(text, 16)
-    if re.fullmatch(r"0[0-7]+", text):
-        return int(text, 8)
-    if re.fullmatch(r"[0-9]+", text) and not (len(text) > 1 and text[0] == "0"):
-        return int(text)
-    return None
+    raw = token.raw
+    if b"\0" in raw:
+        raise reader.at(token, f"NUL byte in a string: {DIFFERENCES['nul-in-string']}: remove it")
+    out, index = bytearray(), 1
+    while index < len(raw) - 1:
+        char = raw[index]
+        index += 1
+        if char != ord("\\"):
+            out.append(char)
+            continue
+        escape = raw[index]
+        index += 1
+        if escape in _ESCAPES:
+            out.append(_ESCAPES[escape])
+            continue
+        shown = "\\" + chr(escape) if escape < 0x80 else "\\" + repr(bytes([escape]))
+        if escape == ord("x"):
+            why = "xl refuses every \\x escape (its reader of them is broken)"
+        elif ord("0") <= escape <= ord("7"):
+            if _strtoul_length(raw[index : index + 3]) < 2:
+                why = "xl refuses an octal escape without two more digits"
+            else:
+                why = f"{DIFFERENCES['octal-escape']} the escape and the digits after it"
+        else:
+            why = "xl knows no such escape"
+        raise reader.at(
+            token, f"escape {shown} in a string: {why}: write the character itself, or \\\\ "
+            "for a backslash",
+        )  # fmt: skip
+    return bytes(out)
 
 
-def format_xlcfg(settings: dict[str, Value]) -> str:
-    """Write settings back as xl.cfg text that :func:`parse_xlcfg` reads to the same value."""
-    return "".join(f"{key} = {_format_value(value)}\n" for key, value in settings.items())
-
-
-def _format_value(value: Value) -> str:
-    if isinstance(value, list):
-        return "[ " + ", ".join(_format_value(item) for item in value) + " ]"
-    if isinstance(value, int):
-        return str(value)
-    escaped = []
-    for char in value:
-        escaped.append(_FORMAT_ESCAPES.get(char, char))
-    return '"' + "".join(escaped) + '"'
-
-
-_FORMAT_ESCAPES = {value: f"\\{key}" for key, value in _SIMPLE_ESCAPES.items() if key != "'"}
-
-
-def _append(old: Value | None, new: Value, parser: _Parser, at: _Token) -> Value:
-    if old is None:
-        return new
-    if isinstance(old, list) and isinstance(new, list):
-        return old + new
-    if isinstance(old, str) and isinstance(new, str):
-        return old + new
-    raise parser.error(at, "'+=' needs two lists or two strings")
+def _strtoul_length(text: bytes) -> int:
+    """How many bytes C's ``strtoul(text, &end, 10)`` consumes (0 when it reads no digit)."""
+    index = 0
+    while index < len(text) and text[index] in _C_SPACE:
+        index += 1
+    if index < len(text) and text[index] in b"+-":
+        index += 1
+    digits = len(text[index:]) - len(text[index:].lstrip(b"0123456789"))
+    return index + digits if digits else 0
 
 
 def _show(token: _Token) -> str:
-    return {"newline": "the end of the line", "eof": "the end of the file"}.get(
-        token.kind, repr(token.text)
-    )
+    if token.kind in ("newline", "eof"):
+        return {"newline": "the end of the line", "eof": "the end of the file"}[token.kind]
+    return repr(token.raw.decode("utf-8", "surrogateescape"))
 
 
-def parse_xlcfg(text: str, source: str = "<config>") -> dict[str, Value]:
-    """Parse the text of an xl.cfg file into its settings.
+def _name(token: _Token) -> str:
+    return repr(token.raw.decode("ascii"))
+
+
+def parse_xlcfg_bytes(data: bytes, source: str = "<config>") -> dict[str, Setting]:
+    """Parse an xl.cfg file's bytes into its settings, as libxlutil does.
 
     Raises:
-        InvalidInput: a syntax error, at ``source:line:col``.
+        InvalidInput: what libxlutil refuses, and the deliberate differences, at
+            ``source:line:col``.
     """
-    if "\x00" in text:
-        line = text.count("\n", 0, text.index("\x00")) + 1
-        raise InvalidInput(f"{source}:{line}: NUL byte: this is not a text file")
-    return _Parser(text, source).parse()
+    return _Reader(data, source).parse()
 
 
-def read_xlcfg(path: Path) -> dict[str, Value]:
+def parse_xlcfg(text: str, source: str = "<config>") -> dict[str, Setting]:
+    """Parse xl.cfg text (non-UTF-8 bytes as ``surrogateescape`` characters).
+
+    Raises:
+        InvalidInput: see :func:`parse_xlcfg_bytes`.
+        UnicodeEncodeError: ``text`` holds a surrogate that stands for no byte, so it was
+            never read from a file.
+    """
+    return parse_xlcfg_bytes(text.encode("utf-8", "surrogateescape"), source)
+
+
+def read_xlcfg(path: Path) -> dict[str, Setting]:
     """Read and parse an xl.cfg file.
 
     Raises:
-        InvalidInput: missing, unreadable, not a regular file, too large, not UTF-8, or
-            malformed.
+        InvalidInput: missing, unreadable, not a regular file, too large, or malformed.
     """
     try:
         with path.open("rb") as handle:
@@ -300,69 +408,165 @@ def read_xlcfg(path: Path) -> dict[str, Value]:
         raise InvalidInput(f"{path}: cannot read it: {exc.strerror}") from exc
     if len(raw) > MAX_CONFIG_BYTES:
         raise InvalidInput(
-            f"{path}: larger than {MAX_CONFIG_BYTES} bytes: not a domain config file"
+            f"{path}: larger than {MAX_CONFIG_BYTES} bytes: {DIFFERENCES['too-large']}"
         )
-    if b"\x00" in raw:
-        line = raw.count(b"\n", 0, raw.index(b"\x00")) + 1
-        raise InvalidInput(f"{path}:{line}: NUL byte: this is not a text file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise InvalidInput(
-            f"{path}:{line}:{col}: not UTF-8 text (byte {raw[exc.start]:#04x})"
-        ) from exc
-    return parse_xlcfg(text, str(path))
+    return parse_xlcfg_bytes(raw, str(path))
 
 
-def _string(settings: dict[str, Value], key: str, source: str) -> str | None:
-    value = settings.get(key)
-    if value is not None and not isinstance(value, str):
-        raise InvalidInput(f"{source}: {key} must be a quoted string, not {value!r}")
-    return value
+def format_xlcfg(settings: Mapping[str, Value]) -> str:
+    """Write values back as xl.cfg text that :func:`parse_xlcfg` reads to the same values.
+
+    Raises:
+        ValueError: a value holds a NUL character, which no xl.cfg string can.
+    """
+    return "".join(f"{key} = {_format_value(value)}\n" for key, value in settings.items())
 
 
-def _integer(settings: dict[str, Value], key: str, source: str) -> int | None:
-    """A number; libxlu's consumers also read one written in quotes."""
-    value = settings.get(key)
-    if value is None or isinstance(value, int):
-        return value
-    number = parse_number(value) if isinstance(value, str) else None
-    if number is None:
-        raise InvalidInput(f"{source}: {key} must be a number, not {value!r}")
+def _format_value(value: Value) -> str:
+    if isinstance(value, tuple):
+        return "[ " + ", ".join(_format_value(item) for item in value) + " ]"
+    if "\0" in value:
+        raise ValueError("an xl.cfg string cannot hold a NUL character")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+class XlNumberError(ValueError):
+    """A value ``xlu_cfg_get_long`` refuses; ``errno`` is its result (EINVAL or ERANGE)."""
+
+    def __init__(self, errno: int, why: str) -> None:
+        super().__init__(why)
+        self.errno, self.why = errno, why
+
+
+def xl_long(setting: Setting) -> int:
+    """The number ``xlu_cfg_get_long`` reads from a setting: C ``strtol(value, &end, 0)``.
+
+    Leading C whitespace and a sign are allowed, then ``0x``/``0X`` hex, ``0`` octal or
+    decimal, and nothing after; the result must fit a 64-bit C ``long``.
+
+    Raises:
+        XlNumberError: a list, a value set with ``+=``, text that is not such a number
+            (EINVAL), or one beyond a C long (ERANGE).
+    """
+    value = setting.value
+    if isinstance(value, tuple):
+        raise XlNumberError(_EINVAL, "it is a list")
+    if setting.appended:
+        raise XlNumberError(_EINVAL, "it was set with '+=', which xl never reads as a number")
+    match = _STRTOL.match(value)
+    if match is None:
+        raise XlNumberError(_EINVAL, "it is not a decimal, 0x hex or 0 octal number")
+    sign, digits = match.groups()
+    number = int(digits, 16 if digits[1:2] in ("x", "X") else 8 if digits[0] == "0" else 10)
+    number = -number if sign == "-" else number
+    if not -(2**63) <= number < 2**63:  # strtol's ERANGE comes first, whatever follows
+        raise XlNumberError(_ERANGE, "it does not fit a C long")
+    if match.end() != len(value):
+        raise XlNumberError(_EINVAL, "it is not a decimal, 0x hex or 0 octal number")
     return number
 
 
-def _flag(settings: dict[str, Value], key: str, source: str) -> bool | None:
+# -- the keys we use, read as tools/xl/xl_parse.c (parse_config_data) reads them ----------------
+
+
+def _where(source: str, setting: Setting) -> str:
+    return f"{source}:{setting.line}:{setting.col}"
+
+
+def _string(settings: Mapping[str, Setting], key: str, source: str) -> str | None:
+    """``xlu_cfg_get_string``: one value, a number's text included."""
+    setting = settings.get(key)
+    if setting is None:
+        return None
+    if isinstance(setting.value, tuple):
+        raise InvalidInput(
+            f"{_where(source, setting)}: {key} must be one value, not a list: "
+            f"{DIFFERENCES['wrong-kind']}, with a warning"
+        )
+    return setting.value
+
+
+def _integer(settings: Mapping[str, Setting], key: str, source: str) -> int | None:
+    """``xlu_cfg_get_long``; where it fails xl warns and goes on with its default."""
+    setting = settings.get(key)
+    if setting is None:
+        return None
+    try:
+        return xl_long(setting)
+    except XlNumberError as exc:
+        shown = setting.value if isinstance(setting.value, str) else "a list"
+        raise InvalidInput(
+            f"{_where(source, setting)}: {key} must be a number: {shown!r} is not one xl "
+            f"reads ({exc.why}); {DIFFERENCES['not-a-number']}: write it in decimal, 0x hex or "
+            "0 octal"
+        ) from exc
+
+
+def _flag(settings: Mapping[str, Setting], key: str, source: str) -> bool | None:
+    """``xlu_cfg_get_defbool``: any number xl reads, non-zero being true."""
     number = _integer(settings, key, source)
     return None if number is None else number != 0
 
 
-def _strings(settings: dict[str, Value], key: str, source: str) -> tuple[str, ...]:
-    """A list of strings; a single string counts as a list of one (as xl takes serial)."""
-    value = settings.get(key)
-    if value is None:
+def _strings(
+    settings: Mapping[str, Setting], key: str, source: str, *, one_value_too: bool = False
+) -> tuple[str, ...]:
+    """A list of values (``xlu_cfg_get_list``); ``serial`` may be one value as well.
+
+    xl reads the items with ``xlu_cfg_get_listitem`` until it returns NULL, which it does for
+    a nested list too: a list inside such a list would cut it short.
+    """
+    setting = settings.get(key)
+    if setting is None:
         return ()
-    items = value if isinstance(value, list) else [value]
-    if not all(isinstance(item, str) for item in items):
-        raise InvalidInput(f"{source}: {key} must be a list of quoted strings, not {value!r}")
-    return tuple(str(item) for item in items)
+    if isinstance(setting.value, str):
+        if one_value_too:
+            return (setting.value,)
+        raise InvalidInput(
+            f"{_where(source, setting)}: {key} must be a list, as in {key} = [ '...' ]: "
+            f"{DIFFERENCES['wrong-kind']}, with a warning"
+        )
+    items: list[str] = []
+    for index, item in enumerate(setting.value):
+        if not isinstance(item, str):
+            raise InvalidInput(
+                f"{_where(source, setting)}: {key} item {index + 1} is a list: "
+                f"{DIFFERENCES['nested-item']} and drop it and every item after it: "
+                "give each item as a quoted string"
+            )
+        items.append(item)
+    return tuple(items)
 
 
-def _domain_type(settings: dict[str, Value], source: str) -> str:
-    """``type``, else ``builder`` ("hvm"; "generic" is PV), else PV, as xl decides on x86."""
+def _prefix_of(value: str, word: str) -> bool:
+    """Whether xl's ``!strncmp(value, word, strlen(value))`` holds: the empty value too."""
+    return word.startswith(value)
+
+
+def _domain_type(settings: Mapping[str, Setting], source: str) -> str:
+    """``type``, else ``builder``, else PV as on x86; xl takes any abbreviation of the word."""
     dom_type = _string(settings, "type", source)
+    chosen = None
+    if dom_type is not None:
+        chosen = next((t for t in ("hvm", "pv", "pvh") if _prefix_of(dom_type, t)), None)
+        if chosen is None:
+            where = _where(source, settings["type"])
+            raise InvalidInput(f"{where}: type {dom_type!r} is unknown: use hvm, pv or pvh")
     builder = _string(settings, "builder", source)
-    from_builder = {"hvm": "hvm", "generic": "pv"}.get(builder or "")
-    if builder is not None and from_builder is None:
-        raise InvalidInput(f"{source}: builder {builder!r} is unknown: use hvm or generic")
-    if dom_type is not None and from_builder is not None and dom_type != from_builder:
-        raise InvalidInput(f"{source}: type {dom_type!r} and builder {builder!r} disagree")
-    return dom_type or from_builder or "pv"
+    if builder is not None:
+        from_builder = next(
+            (t for w, t in (("hvm", "hvm"), ("generic", "pv")) if _prefix_of(builder, w)), None
+        )
+        where = _where(source, settings["builder"])
+        if from_builder is None:
+            raise InvalidInput(f"{where}: builder {builder!r} is unknown: use hvm or generic")
+        if chosen is not None and chosen != from_builder:
+            raise InvalidInput(f"{where}: type {dom_type!r} and builder {builder!r} disagree")
+        chosen = from_builder
+    return chosen or "pv"
 
 
-def _vga(settings: dict[str, Value], source: str) -> str | None:
+def _vga(settings: Mapping[str, Setting], source: str) -> str | None:
     vga = _string(settings, "vga", source)
     if vga is not None:
         return vga
@@ -370,11 +574,14 @@ def _vga(settings: dict[str, Value], source: str) -> str | None:
     return None if stdvga is None else "stdvga" if stdvga else "cirrus"
 
 
-def domain_config(settings: dict[str, Value], source: str = "<config>") -> DomainConfig:
-    """Map parsed settings to a validated :class:`DomainConfig`, as xl's parser reads them.
+def domain_config(settings: Mapping[str, Setting], source: str = "<config>") -> DomainConfig:
+    """Map parsed settings to a validated :class:`DomainConfig`, as xl's option code reads them.
+
+    Other keys are ignored, as xl ignores keys it does not know.
 
     Raises:
-        InvalidInput: a required key is missing, or a value is of the wrong kind or range.
+        InvalidInput: a required key is missing, a value is of the wrong kind (where xl would
+            ignore it with a warning, or cut a list short), or out of range.
     """
     name = _string(settings, "name", source)
     if name is None:
@@ -398,7 +605,7 @@ def domain_config(settings: dict[str, Value], source: str = "<config>") -> Domai
         vncdisplay=_integer(settings, "vncdisplay", source),
         vncunused=_flag(settings, "vncunused", source),
         sdl=bool(_flag(settings, "sdl", source)),
-        serial=_strings(settings, "serial", source),
+        serial=_strings(settings, "serial", source, one_value_too=True),
         boot=_string(settings, "boot", source),
         vga=_vga(settings, source),
         videoram=_integer(settings, "videoram", source),

@@ -57,7 +57,7 @@ def test_stdvga_and_vga_choose_the_card() -> None:
         ('vga = "matrox"', "vga 'matrox'"),
         ('device_model_version = "qemu-xen-9"', "device_model_version"),
         ("disk = [ '/a,raw,xvda', '/b,raw,xvda' ]", "share a vdev"),
-        ("serial = [ 1 ]", "serial must be a list of quoted strings"),
+        ("serial = [ [ 'pty' ] ]", "serial item 1 is a list"),
     ],
 )
 def test_bad_values_are_invalid_input(text: str, words: str) -> None:

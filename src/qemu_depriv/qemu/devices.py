@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from qemu_depriv.domain import DomainConfig
 from qemu_depriv.errors import InvalidInput
-from qemu_depriv.xldevices import Disk, derived_mac, disk_number
+from qemu_depriv.xldevices import Disk, derived_mac, disk_number, libxl_backend
 
 IDE_SLOTS = 4
 
@@ -68,14 +68,23 @@ def disk_format(disk: Disk) -> str:
 def disk_backend(disk: Disk) -> str:
     """The backend libxl picks (libxl__device_disk_set_backend, disk_try_backend).
 
-    An explicit ``backendtype`` wins; otherwise phy takes raw images (block devices and regular
-    files alike on Linux) and anything with a ``script``; qdisk takes every other format.
+    An explicit ``backendtype`` is the only one tried; otherwise phy takes raw images (block
+    devices and regular files alike on Linux) and qdisk every other one, an empty CD-ROM
+    included.  A deprecated prefix (``phy:``, ``tap:aio:``, ``qcow2:`` ...) chooses no backend
+    in Xen 4.17: it sets at most the format or a script.  See :func:`libxl_backend`.
+
+    Raises:
+        InvalidInput: libxl would find no backend for the disk, which only a ``Disk`` made
+            by hand can hold (``parse_disk`` refuses such disks).
     """
-    if disk.backendtype is not None:
-        return disk.backendtype
-    if disk.format in ("raw", "empty") or disk.script is not None:
-        return "phy"
-    return "qdisk"
+    backend = libxl_backend(disk)
+    if backend is None:
+        raise InvalidInput(
+            f"disk {disk.vdev}: libxl finds no backend for a {disk.format} image"
+            f"{' with script ' + disk.script if disk.script else ''}"
+            f"{' on backendtype ' + disk.backendtype if disk.backendtype else ''}"
+        )
+    return backend
 
 
 def scsi_controller_args(config: DomainConfig) -> list[str]:

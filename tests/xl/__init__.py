@@ -1,0 +1,1 @@
+"""The xl.cfg reader held against libxlutil itself (Debian's libxen-dev), file by file."""
