@@ -1,9 +1,11 @@
-"""Guards for the whole suite: host account files unchanged, no QEMU left running."""
+"""Guards for the whole suite: host account files unchanged, no QEMU left running, and the
+repository's working tree as it was (every test works in a temporary directory)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +31,29 @@ def host_account_files_unchanged() -> Iterator[None]:
     assert not changed, f"the suite changed the host's {', '.join(changed)}"
 
 
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def _working_tree() -> str:
+    """``git status`` of the checkout, untracked files listed one by one."""
+    done = subprocess.run(
+        ["git", "-C", str(REPOSITORY), "status", "--porcelain", "--untracked-files=all"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    return done.stdout if done.returncode == 0 else f"(not a git checkout: {done.stderr.strip()})"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def working_tree_unchanged() -> Iterator[None]:
+    before = _working_tree()
+    yield
+    after = _working_tree()
+    assert after == before, (
+        "the suite changed the repository's working tree (a test wrote outside its temporary "
+        f"directory):\nbefore:\n{before}\nafter:\n{after}"
+    )
+
+
 def _qemu_pids() -> set[int]:
     """Live processes whose executable is a qemu-system binary (zombies have none)."""
     found = set()
@@ -42,16 +67,25 @@ def _qemu_pids() -> set[int]:
     return found
 
 
+#: Command-line marks of QEMUs that are not VMs of the product under test: benchmarks (their
+#: state dirs are /tmp/bench-*), which may run beside the suite, and the real-host tier's
+#: guests (tests/hosts), which their own fixture stops.
+FOREIGN_QEMU_MARKS = (b"/tmp/bench-", b"qemu-depriv-hosts-guest")
+
+
+def _foreign(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # gone meanwhile
+    return any(mark in cmdline for mark in FOREIGN_QEMU_MARKS)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_qemu_left_running() -> Iterator[None]:
     before = _qemu_pids()
     yield
-    # Benchmarks (bench/, state dirs under /tmp/bench-) may run beside the suite: not ours.
-    left = {
-        pid
-        for pid in _qemu_pids() - before
-        if b"/tmp/bench-" not in Path(f"/proc/{pid}/cmdline").read_bytes()
-    }
+    left = {pid for pid in _qemu_pids() - before if not _foreign(pid)}
     assert not left, f"the suite left QEMU processes running: {sorted(left)}"
 
 

@@ -7,8 +7,9 @@ second writes account files, which no fuzzer may reach on a real host.
 
 from __future__ import annotations
 
+import os
 import string
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,6 @@ from hypothesis import strategies as st
 from qemu_depriv.audit import qemu_pids
 from qemu_depriv.cli.main import main
 
-STATE = Path(tempfile.mkdtemp(prefix="qd", dir="/tmp")) / "fuzz"
 SUBCOMMANDS = ["resolve", "launch", "stop", "list", "audit", "recover"]
 OPTIONS = [
     "--domid", "--name", "--user", "--no-restrict", "--json", "--dry-run", "--mode", "xen",
@@ -33,17 +33,30 @@ tokens = st.one_of(
 )
 
 
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A directory of the test's own to run in: relative paths the fuzzer makes up
+    (``--prometheus xyz``) land there, never in the repository."""
+    here = Path.cwd()
+    place = tmp_path_factory.mktemp("fuzz")
+    os.chdir(place)
+    try:
+        yield place
+    finally:
+        os.chdir(here)
+
+
 @settings(
     max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(st.sampled_from(SUBCOMMANDS), st.lists(tokens, max_size=6))
 def test_any_arguments_end_cleanly(
-    capsys: pytest.CaptureFixture[str], command: str, arguments: list[str]
+    capsys: pytest.CaptureFixture[str], workdir: Path, command: str, arguments: list[str]
 ) -> None:
     if "--debug" in arguments:
         arguments = [a for a in arguments if a != "--debug"]  # --debug shows tracebacks by design
     before = set(qemu_pids())
-    code = main(["--state-dir", str(STATE), command, *arguments])
+    code = main(["--state-dir", str(workdir / "state"), command, *arguments])
     captured = capsys.readouterr()
     assert code in (0, 1, 2, 3, 4)
     assert "Traceback" not in captured.err

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from qemu_depriv.cli.context import Commands, Context
 from qemu_depriv.cli.output import emit_json
-from qemu_depriv.errors import InvalidInput
+from qemu_depriv.errors import EnvironmentFailure, InvalidInput
 
 if TYPE_CHECKING:
     from qemu_depriv.audit import Audited
@@ -33,10 +33,8 @@ def run(args: argparse.Namespace, context: Context) -> int:
     from qemu_depriv.audit import audit_host, summary
     from qemu_depriv.nss import LibcLookup
 
-    if args.prometheus is not None and not args.prometheus.parent.is_dir():
-        raise InvalidInput(
-            f"--prometheus {args.prometheus}: {args.prometheus.parent} is no directory"
-        )
+    if args.prometheus is not None:
+        _check_target(args.prometheus)
     audited = audit_host(context.settings.state_dir, LibcLookup())
     report = summary(audited)
     if args.prometheus is not None:
@@ -46,6 +44,14 @@ def run(args: argparse.Namespace, context: Context) -> int:
     else:
         _table(audited, report)
     return 0 if report["ok"] else 1
+
+
+def _check_target(path: Path) -> None:
+    """Refuse a --prometheus path that can never be written, before auditing anything."""
+    if path.is_dir():
+        raise InvalidInput(f"--prometheus {path}: is a directory: give the file to write")
+    if not path.parent.is_dir():
+        raise InvalidInput(f"--prometheus {path}: {path.parent} is no directory")
 
 
 def _table(audited: list[Audited], report: dict[str, object]) -> None:
@@ -98,4 +104,10 @@ def _export(path: Path, audited: list[Audited], report: dict[str, object]) -> No
     ok.set(1 if report["ok"] else 0)
     when = Gauge("qemu_depriv_audit_timestamp_seconds", "When the audit ran", registry=registry)
     when.set_to_current_time()
-    write_to_textfile(str(path), registry)
+    try:
+        write_to_textfile(str(path), registry)
+    except OSError as exc:
+        raise EnvironmentFailure(
+            f"--prometheus {path}: cannot write it: {exc.strerror}: check the directory's "
+            "permissions and free space"
+        ) from exc

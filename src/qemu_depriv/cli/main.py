@@ -8,7 +8,9 @@ defaults, so a value given before the subcommand is not overwritten by the subpa
 from __future__ import annotations
 
 import argparse
+import io
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +25,9 @@ from qemu_depriv.settings import load_settings
 
 log = logging.getLogger("qemu_depriv")
 
+PROG = "qemu-depriv"
+#: The exit status of a process killed by SIGPIPE, as a shell reports it.
+EXIT_BROKEN_PIPE = 128 + 13
 SUBCOMMANDS = (resolve, vms, audit, hostsetup, demo)
 
 
@@ -30,7 +35,11 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors become InvalidInput (one line, exit 2)."""
 
     def error(self, message: str) -> NoReturn:
-        raise InvalidInput(f"{self.prog}: {message} (see '{self.prog} --help')")
+        # The error line already starts with "qemu-depriv: error: "; name only the subcommand.
+        command = self.prog.removeprefix(PROG).strip()
+        raise InvalidInput(
+            f"{command + ': ' if command else ''}{message} (see '{self.prog} --help')"
+        )
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -55,7 +64,7 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Return the full parser."""
     parser = _Parser(
-        prog="qemu-depriv",
+        prog=PROG,
         description="Run every QEMU device model as its own unprivileged user.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -87,7 +96,25 @@ def _configure_logging(verbose: int, debug: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line and return its exit code."""
+    """Run the command line and return its exit code.
+
+    A reader that closes the pipe early (``... --json | head -c1``) ends the command quietly,
+    as any CLI ends there, with the status of a SIGPIPE.
+    """
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # Python's own flush at exit would fail again and print: point stdout at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    # Paths and names are bytes to Linux: print what could not be decoded as it was read.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="surrogateescape")
     arguments = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in arguments
     debug = "--debug" in arguments
@@ -99,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             prefix=args.prefix, state_dir=args.state_dir
         )
         code: int = args.run(args, Context(settings=settings, as_json=as_json))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at exit
+    except BrokenPipeError:
+        raise
     except QemuDeprivError as exc:
         if debug:
             log.debug("traceback", exc_info=exc)

@@ -1,0 +1,61 @@
+"""The command line's own contract: one error line, a quiet end on a closed pipe, bad paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qemu_depriv.cli.main import EXIT_BROKEN_PIPE, main
+
+
+def test_a_usage_error_is_one_line_with_one_prefix(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["frobnicate"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("qemu-depriv: error: argument command: invalid choice: 'frobnicate'")
+    assert line.count("qemu-depriv:") == 1
+
+
+def test_a_subcommands_usage_error_names_the_subcommand(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["stop"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("qemu-depriv: error: stop: the following arguments are required")
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "qemu_depriv", "--state-dir", str(tmp_path / "s"), "list",
+             "--json"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert done.stderr == ""
+    assert done.returncode == EXIT_BROKEN_PIPE
+
+
+def test_audit_refuses_a_directory_as_its_prometheus_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["--state-dir", str(tmp_path / "s"), "audit", "--prometheus", str(tmp_path)])
+    assert code == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_audit_reports_an_unwritable_prometheus_file_as_exit_4(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = "/proc/qemu-depriv.prom"  # /proc refuses new files, even to root
+    code = main(["--state-dir", str(tmp_path / "s"), "audit", "--prometheus", target])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 4
+    assert err[-1].startswith(f"qemu-depriv: error: --prometheus {target}: cannot write it")
+    assert not Path(target).exists()
