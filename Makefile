@@ -11,6 +11,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := qemu-system-x86 libnss-wrapper util-linux passwd gcc libc6-dev python3-venv libxen-dev
+# mmdebstrap builds the Debian 12 and 13 root filesystems that tests/hosts boots under QEMU.
+HOSTS_APT_PACKAGES := mmdebstrap
 # The directory-service lab of tests/directory (OpenLDAP, nslcd, SSSD and its InfoPipe), run only
 # inside the tests' private mount namespaces. sssd-common depends on libpam-sss (and it on
 # libpam-pwquality), whose PAM profiles the install disables again (pam-auth-update --disable, so
@@ -29,7 +31,7 @@ XEN_EXAMPLES := $(VENV)/xen-examples/etc/xen/xlexample.hvm
 help:
 	@echo "make demo   install what is missing, then run the demo (as root)"
 	@echo "make test   install what is missing, then run ruff, mypy and pytest (as root)"
-	@echo "make quick  the same without the faults suite; make faults runs only that suite"
+	@echo "make quick  the same without the faults suite and the real-host tier (make faults, make hosts)"
 
 # Re-checked whenever the Makefile (and so a package list) changes.
 # Installing leaves the host's name service and PAM set-up as they were: maintainer scripts add
@@ -38,7 +40,7 @@ help:
 # install brought is disabled; a policy-rc.d keeps daemons from starting.
 $(SYSTEM_STAMP): Makefile
 	@if [ "$$(id -u)" != 0 ]; then echo "make: run as root (it installs Debian packages and uses namespaces)" >&2; exit 1; fi
-	@missing=$$(for p in $(APT_PACKAGES) $(DIRECTORY_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
+	@missing=$$(for p in $(APT_PACKAGES) $(HOSTS_APT_PACKAGES) $(DIRECTORY_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		apt-get update -qq; \
@@ -100,13 +102,20 @@ lint: deps
 test: lint
 	$(BIN)/pytest
 
-# Everything but the faults suite, for quick iterations.
+# Everything but the faults suite and the real-host tier, for quick iterations.
 quick: lint
-	$(BIN)/pytest -m "not faults"
+	$(BIN)/pytest -m "not faults and not hosts"
 
 # Crashes, races, NSS outages, escapes, hostile input and endurance (tests/faults).
 faults: deps
 	$(BIN)/pytest tests/faults
+
+# Real Debian 12 and 13 hosts booted under QEMU (tests/hosts): systemd as PID 1, cgroup v2 only.
+# The first run builds their root filesystems with mmdebstrap from deb.debian.org (several
+# minutes, cached in /var/cache/qemu-depriv/hosts); later runs boot the cached images.
+.PHONY: hosts
+hosts: deps
+	$(BIN)/pytest tests/hosts
 
 unit: deps
 	$(BIN)/pytest tests/unit
