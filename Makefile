@@ -10,7 +10,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := qemu-system-x86 libnss-wrapper util-linux passwd gcc libc6-dev python3-venv libxen-dev
+APT_PACKAGES := qemu-system-x86 qemu-utils libnss-wrapper util-linux passwd gcc libc6-dev python3-venv libxen-dev
 # mmdebstrap builds the Debian 12 and 13 root filesystems that tests/hosts boots under QEMU.
 HOSTS_APT_PACKAGES := mmdebstrap
 # The directory-service lab of tests/directory (OpenLDAP, nslcd, SSSD and its InfoPipe), run only
@@ -127,10 +127,9 @@ golden: deps
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
 
-# Benchmarks (as root; bench/README.md): installs libvirt (the baseline of two of them),
-# matplotlib and pyinstrument, runs every benchmark and writes bench/results/.
+# Benchmarks (as root; bench/README.md): installs libvirt (the baseline of two of them) and the
+# bench extra of pyproject.toml, runs every benchmark and writes bench/results/.
 BENCH_APT_PACKAGES := libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-BENCH_PIP_PACKAGES := matplotlib pyinstrument
 BENCH_APT_LOG := bench/results/logs/apt.log
 
 # A failed libvirt install does not stop the run: the libvirt benchmark reports it (apt's
@@ -144,5 +143,5 @@ bench: $(VENV_STAMP)
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; } 2>&1 | tee $(BENCH_APT_LOG) \
 			|| echo "make bench: could not install $$missing (see $(BENCH_APT_LOG)); the libvirt benchmark will say so"; \
 	fi
-	$(BIN)/pip install -q $(BENCH_PIP_PACKAGES)
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench

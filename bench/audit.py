@@ -17,20 +17,22 @@ from pathlib import Path
 from bench.common import (
     RANGE_BASE,
     TMP,
+    end_child,
     exit_on_sigterm,
     host_info,
-    kill_pids,
     log,
     paired_ratio,
     qd_cli,
     ratio,
     rotations,
+    run,
     summarize,
     write_json,
 )
-from qemu_depriv.audit import audit_host
-from qemu_depriv.inspect import read_status
-from qemu_depriv.nss import LibcLookup
+from qemu_depriv.accounts.nss import LibcLookup
+from qemu_depriv.checks.audit import audit_host
+from qemu_depriv.host.processes import wait_until
+from qemu_depriv.host.procfs import read_status
 
 COUNT = 100
 REPETITIONS = 15
@@ -40,20 +42,20 @@ PS = ["/usr/bin/ps", "-e", "-o", "pid,uid,gid,args"]
 QEMU = ["/usr/bin/qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none", "-S"]
 
 
-def start_device_models() -> list[subprocess.Popen[bytes]]:
-    started = []
+def start_device_models(started: list[subprocess.Popen[bytes]]) -> None:
+    """Start the QEMUs (into ``started``, which the caller stops) and wait for their uids."""
     for index in range(COUNT):
         uid = FIRST_UID + index
         started.append(
             subprocess.Popen([*QEMU, "-runas", f"{uid}:{uid}"], stderr=subprocess.DEVNULL)
         )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def dropped() -> bool:
         statuses = [read_status(p.pid) for p in started]
-        if all(s is not None and s.uids[1] >= FIRST_UID for s in statuses):
-            return started
-        time.sleep(0.05)
-    raise RuntimeError("the device models did not all drop to their uids within 60 s")
+        return all(s is not None and s.uids[1] >= FIRST_UID for s in statuses)
+
+    if not wait_until(dropped, 60):
+        raise RuntimeError("the device models did not all drop to their uids within 60 s")
 
 
 def main() -> None:
@@ -63,7 +65,7 @@ def main() -> None:
     started: list[subprocess.Popen[bytes]] = []
     samples: dict[str, list[float]] = {"library": [], "cli": [], "ps": []}
     try:
-        started = start_device_models()
+        start_device_models(started)
         pids = {p.pid for p in started}
         lookup = LibcLookup()
         found = {a.observed.snap.pid for a in audit_host(state_dir, lookup)}
@@ -73,16 +75,14 @@ def main() -> None:
             begin = time.perf_counter()
             if variant == "library":
                 audit_host(state_dir, lookup)
-            elif variant == "cli":
-                subprocess.run(cli, stdout=subprocess.DEVNULL, check=False)
             else:
-                subprocess.run(PS, stdout=subprocess.DEVNULL, check=True)
+                done = run(cli if variant == "cli" else PS)
+                assert variant == "cli" or done.returncode == 0, done.stderr
             samples[variant].append(time.perf_counter() - begin)
             log(f"[audit] rep {repetition} {variant}: {samples[variant][-1] * 1000:.0f} ms")
     finally:
-        kill_pids(p.pid for p in started)
         for process in started:
-            process.wait(timeout=30)
+            end_child(process)
     write_json(
         out,
         {

@@ -1,13 +1,17 @@
-"""What every benchmark shares: its ids, scratch accounts, statistics, process checks, output.
+"""What every benchmark shares: its ids, scratch accounts, statistics, processes, output.
 
 The ids are the benchmark's own block, away from the tests' and the demo's: the range base
 account ``xen-qemuuser-range-base`` (uid and gid 393216, so a VM of domid N runs as 393216+N)
 and the reaper (uid 392000).  Every other account a benchmark needs gets a uid inside the
 range block, above any domid or raw-QEMU slot used here.
+
+/proc is read, programs are run and processes are signalled with the library's own helpers
+(:mod:`qemu_depriv.host`); what is here is only what the library has no use for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -22,7 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qemu_depriv.scratch import enter_scratch_accounts, write_scratch_accounts
+from qemu_depriv.accounts.scratch import enter_scratch_accounts, write_scratch_accounts
+from qemu_depriv.host.processes import signal_pid, wait_until
+from qemu_depriv.host.procfs import ProcStatus, read_status, start_time
+from qemu_depriv.host.programs import run_command
 
 REPO = Path(__file__).resolve().parent.parent
 #: Where every benchmark's state lives, as /tmp/bench-*: short paths, for unix sockets.
@@ -143,81 +150,84 @@ def rotations(variants: Sequence[str], repetitions: int) -> Iterator[tuple[int, 
 
 
 @dataclass(frozen=True)
-class Proc:
-    """One process as /proc shows it."""
+class BenchProcess:
+    """A live process of the benchmarks' block: pid and start time (to signal it safely)."""
 
     pid: int
-    ppid: int
-    state: str
-    uids: tuple[int, ...]
-    comm: str
+    started: int
+    status: ProcStatus
 
-    @property
-    def zombie(self) -> bool:
-        """Dead, waiting for its parent to reap it."""
-        return self.state in ("Z", "X")
+    def __str__(self) -> str:
+        return f"{self.pid} {self.status.name} uids {self.status.uids}"
 
 
-def read_proc(pid: int) -> Proc | None:
-    """The process ``pid``, or None when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    return Proc(
-        pid=pid,
-        ppid=int(fields["PPid"]),
-        state=fields["State"].split()[0],
-        uids=tuple(int(u) for u in fields["Uid"].split()),
-        comm=fields["Name"].strip(),
-    )
+def bench_processes() -> list[BenchProcess]:
+    """Every live (non-zombie) process with any of its four uids in the benchmarks' block.
 
-
-def all_procs() -> list[Proc]:
-    """Every process on the host."""
+    The library's ``live_pids_of_uid`` asks about one uid; this asks about 65,537 at once.
+    """
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (proc := read_proc(int(entry.name))) is not None:
-            found.append(proc)
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            status = read_status(pid)
+        except ValueError:
+            continue
+        started = start_time(pid)
+        if status is None or started is None or status.zombie:
+            continue
+        if any(is_bench_uid(uid) for uid in status.uids):
+            found.append(BenchProcess(pid, started, status))
     return found
 
 
-def bench_processes(*, live_only: bool = True) -> list[Proc]:
-    """Processes with any uid in the benchmarks' block (zombies too, unless ``live_only``)."""
-    return [
-        p
-        for p in all_procs()
-        if any(is_bench_uid(u) for u in p.uids) and not (live_only and p.zombie)
-    ]
-
-
-def wait_for_no_bench_processes(timeout: float = 10.0) -> list[Proc]:
+def wait_for_no_bench_processes(timeout: float = 10.0) -> list[BenchProcess]:
     """Wait until no live process of the block is left; return those still there."""
-    deadline = time.monotonic() + timeout
-    while (left := bench_processes()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
+    wait_until(lambda: not bench_processes(), timeout)
+    return bench_processes()
 
 
-def kill_pids(pids: Iterable[int], signum: int = signal.SIGKILL) -> None:
-    """Signal each pid (all of them processes this run started); gone ones are fine."""
-    for pid in pids:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            continue
+def kill_leftovers(processes: Iterable[BenchProcess]) -> None:
+    """SIGKILL each process, unless its pid went to another process meanwhile."""
+    for process in processes:
+        signal_pid(process.pid, process.started, signal.SIGKILL)
 
 
-def stop_child(process: subprocess.Popen[Any], *, grace: float = 10.0) -> None:
-    """SIGTERM a child we started, SIGKILL it after ``grace`` seconds, reap it."""
-    if process.poll() is None:
+def parent_pid(pid: int) -> int | None:
+    """The parent of ``pid`` (field 4 of /proc/PID/stat), or None when it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(raw[raw.rindex(b")") + 2 :].split()[1])
+
+
+def end_child(process: subprocess.Popen[Any], *, grace: float = 0.0) -> None:
+    """End and reap a child this worker started: SIGTERM and ``grace`` seconds, then SIGKILL."""
+    if process.poll() is None and grace > 0:
         process.terminate()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=grace)
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=30)
+
+
+# -- programs -----------------------------------------------------------------------------
+
+
+def run(argv: Sequence[str], *, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to completion through the library, with this worker's environment.
+
+    The worker's environment, not the library's bare one: the CLI and the baselines are timed
+    as an administrator's shell would run them.
+
+    Raises:
+        EnvironmentFailure: the program is missing, or ran past ``timeout``.
+    """
+    return run_command(argv, env=os.environ, timeout=timeout)
 
 
 def qd_cli() -> str:
@@ -230,10 +240,7 @@ def qd_cli() -> str:
 
 def host_info() -> dict[str, Any]:
     """What the numbers were measured on."""
-    qemu = subprocess.run(
-        ["/usr/bin/qemu-system-x86_64", "-version"],
-        capture_output=True, text=True, check=False, timeout=30,
-    )  # fmt: skip
+    qemu = run(["/usr/bin/qemu-system-x86_64", "-version"], timeout=30)
     return {
         "kernel": platform.release(),
         "python": platform.python_version(),

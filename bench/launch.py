@@ -7,8 +7,9 @@ accounts (the range base at 393216 and the reaper):
     QEMU by hand: the standalone machine options, ``-runas 393216+1000:393216``, timed until a
     finished QMP handshake; killed by pid afterwards.
 ``library``
-    ``Launcher.launch`` in this process (as the demo drives it), timed until it returns: QEMU
-    started paused inside every layer, verified from /proc, resumed.
+    ``launch`` of a launcher built by ``system_launcher``, as the CLI and the demo build it, in
+    this process, timed until it returns: QEMU started paused inside every layer, verified
+    from /proc, resumed.
 ``cli``
     ``qemu-depriv --state-dir DIR launch CFG --json``, timed until it exits.
 
@@ -19,13 +20,12 @@ bare interpreter (``python -c pass``).
 Every VM is stopped right after it is measured (the stop is not timed here; see
 :mod:`bench.libvirt`).  Targets: library at most 1.3x raw, CLI at most 4x raw.
 
-Usage: python -m bench.launch OUT.json
+Usage: python -m bench.launch OUT.json [REPETITIONS]  (20 by default; fewer for a quick check)
 """
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +37,7 @@ from bench.common import (
     RANGE_BASE,
     RAW_SLOT,
     bench_processes,
+    end_child,
     enter_accounts,
     host_info,
     log,
@@ -44,19 +45,17 @@ from bench.common import (
     qd_cli,
     ratio,
     rotations,
+    run,
     state_root,
     summarize,
     wait_for_no_bench_processes,
     write_json,
 )
 from bench.profiling import profile_call, profile_cli
-from bench.vm import kill_raw, launch_raw, qd, run_qd, write_config
-from qemu_depriv.domain import DomainConfig
-from qemu_depriv.launcher import Launcher, LaunchRequest
-from qemu_depriv.nss import LibcLookup
-from qemu_depriv.qemu.caps import CapsProbe
+from bench.vm import launch_raw, qd, run_qd, write_config
 from qemu_depriv.settings import Settings
-from qemu_depriv.state import StateStore
+from qemu_depriv.vms.launcher import LaunchRequest, system_launcher
+from qemu_depriv.xl.domain import DomainConfig
 
 REPETITIONS = 20
 WARMUP = 2
@@ -70,12 +69,7 @@ class Bench:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.state_dir = root / "s"
-        self.launcher = Launcher(
-            settings=Settings(state_dir=self.state_dir),
-            lookup=LibcLookup(),
-            store=StateStore(self.state_dir),
-            probe=CapsProbe(cache_file=self.state_dir / "caps.json"),
-        )
+        self.launcher = system_launcher(Settings(state_dir=self.state_dir))
         self.count = 0
 
     def name(self, variant: str) -> str:
@@ -86,7 +80,7 @@ class Bench:
         socket = self.root / "raw.sock"
         socket.unlink(missing_ok=True)
         process, seconds = launch_raw(socket, RANGE_BASE + RAW_SLOT, self.root / "raw.log")
-        kill_raw(process)
+        end_child(process)
         return seconds
 
     def library(self) -> float:
@@ -97,21 +91,21 @@ class Bench:
         seconds = time.perf_counter() - start
         assert record.state == "running", record
         assert record.verification, record
-        self.launcher.stop(name)
+        self.launcher.teardown.stop(name)
         return seconds
 
     def cli(self) -> float:
         name = self.name("cli")
         config = write_config(self.root, name)
-        run = run_qd(self.state_dir, "launch", str(config))
+        launched = run_qd(self.state_dir, "launch", str(config))
         try:
-            assert run.code == 0, run.error
-            assert run.data.get("state") == "running", run.data
-            assert run.data.get("verification"), run.data
+            assert launched.code == 0, launched.error
+            assert launched.data.get("state") == "running", launched.data
+            assert launched.data.get("verification"), launched.data
         finally:
             if self.launcher.store.find(name) is not None:
-                self.launcher.stop(name)
-        return run.seconds
+                self.launcher.teardown.stop(name)
+        return launched.seconds
 
     @staticmethod
     def cli_startup() -> float:
@@ -123,36 +117,34 @@ class Bench:
 
     def stop_all(self) -> None:
         for record in self.launcher.store.all() if self.launcher.store.exists() else []:
-            self.launcher.stop(record.name, timeout=5)
+            self.launcher.teardown.stop(record.name, timeout=5)
 
 
 def timed(command: list[str]) -> float:
     """Seconds a command takes to run to completion; it must succeed."""
     start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, timeout=60)
-    return time.perf_counter() - start
+    done = run(command, timeout=60)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0, f"{command}: exit {done.returncode}: {done.stderr[-400:]}"
+    return seconds
 
 
 def profiles(bench: Bench, missed: list[str]) -> dict[str, Any]:
-    """Profile each variant that missed its target."""
+    """Profile one launch of each variant that missed its target (``stop_all`` stops them)."""
     found: dict[str, Any] = {}
     if "library" in missed:
         name = bench.name("library")
         request = LaunchRequest(config=DomainConfig(name=name, memory=64), start_timeout=30)
         found["library"] = profile_call(lambda: bench.launcher.launch(request), interval=0.0002)
-        bench.launcher.stop(name)
     if "cli" in missed:
-        name = bench.name("cli")
-        config = write_config(bench.root, name)
-        args = qd(bench.state_dir, "launch", str(config), "--json")[1:]
-        found["cli"], _ = profile_cli(args)
-        if bench.launcher.store.find(name) is not None:
-            bench.launcher.stop(name)
+        config = write_config(bench.root, bench.name("cli"))
+        found["cli"], _ = profile_cli(qd(bench.state_dir, "launch", str(config), "--json")[1:])
     return found
 
 
 def main() -> None:
     out = Path(sys.argv[1])
+    repetitions = int(sys.argv[2]) if len(sys.argv) > 2 else REPETITIONS
     root = state_root("l")
     enter_accounts(root, LAUNCH_PASSWD, LAUNCH_GROUP)
     bench = Bench(root)
@@ -168,7 +160,7 @@ def main() -> None:
         for _ in range(WARMUP):
             for variant in VARIANTS:
                 measure[variant]()
-        for rep, variant in rotations(VARIANTS, REPETITIONS):
+        for rep, variant in rotations(VARIANTS, repetitions):
             series[variant].append(measure[variant]())
             if variant == "cli":
                 log(f"rep {rep} {variant}: {series[variant][-1] * 1000:.0f} ms")
@@ -182,7 +174,7 @@ def main() -> None:
         out,
         {
             "benchmark": "launch",
-            "repetitions": REPETITIONS,
+            "repetitions": repetitions,
             "variants": {v: summarize(series[v]) for v in VARIANTS},
             "ratios": ratios,
             "paired_ratios": {v: paired_ratio(series[v], series["raw"]) for v in TARGETS},
@@ -195,7 +187,8 @@ def main() -> None:
                 "raw": "qemu-system-x86_64 -machine pc -accel tcg -m 64 -smp 1 -nodefaults "
                 "-no-user-config -display none -S -qmp unix:SOCK,server=on,wait=off "
                 f"-runas {RANGE_BASE + RAW_SLOT}:{RANGE_BASE}  (until QMP handshake)",
-                "library": "Launcher.launch(LaunchRequest(DomainConfig(name, memory=64)))",
+                "library": "system_launcher(Settings(state_dir=DIR))"
+                ".launch(LaunchRequest(DomainConfig(name, memory=64)))",
                 "cli": "qemu-depriv --state-dir DIR launch CFG --json",
                 "cli_startup": "qemu-depriv --version  (no VM: interpreter, imports, parser)",
                 "python": "python -c pass  (no VM: the bare interpreter of the venv)",

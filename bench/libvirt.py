@@ -3,8 +3,8 @@
 libvirtd (and virtlogd) are started here, inside a private mount namespace that is theirs and
 the CLI's alone:
 
-- /etc/passwd and /etc/group are copies of the host's plus the ``libvirt-qemu`` user and the
-  ``kvm`` and ``libvirt-qemu`` groups libvirt expects, the range base and the reaper;
+- /etc/passwd and /etc/group are scratch copies of the host's plus the ``libvirt-qemu`` user
+  and the ``kvm`` and ``libvirt-qemu`` groups libvirt expects, the range base and the reaper;
 - /run is a fresh tmpfs (with the host's /run/lock, where qemu-depriv's host-wide reaper lock
   lives), /var an overlay whose writes land in this run's directory, and /etc/libvirt a
   directory of this run's: nothing libvirt writes reaches the host;
@@ -47,29 +47,31 @@ from bench.common import (
     LIBVIRT_QEMU_UID,
     RESULTS,
     bench_processes,
-    exit_on_sigterm,
+    end_child,
+    enter_accounts,
     group_line,
     host_info,
     log,
     paired_ratio,
     ratio,
     rotations,
+    run,
     state_root,
-    stop_child,
     summarize,
     wait_for_no_bench_processes,
     write_json,
 )
 from bench.profiling import profile_cli
 from bench.vm import StopObservation, observe_stop, qd, run_qd, watch, write_config
-from qemu_depriv.scratch import FILES_ONLY, ScratchAccounts, enter_scratch_accounts
+from qemu_depriv.accounts.scratch import BASE_GROUP, BASE_PASSWD
+from qemu_depriv.errors import EnvironmentFailure
+from qemu_depriv.host import syscalls
 
 REPETITIONS = 8
 SUBREAPER_REPETITIONS = 4
 TARGET = 0.4
 URI = "qemu:///system"
 VIRSH = "/usr/bin/virsh"
-MS_BIND = 0x1000
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -87,34 +89,13 @@ DOMAIN_XML = """<domain type='qemu'>
 """
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = (
-    ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p,
-)  # fmt: skip
 
 
 def prctl(option: int, value: int) -> None:
-    """prctl(2) with one argument."""
+    """Set one process attribute (the library wraps only PR_SET_NO_NEW_PRIVS)."""
     if _libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0) != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"prctl({option}): {os.strerror(code)}")
-
-
-def mount(
-    source: Path | str,
-    target: Path,
-    fstype: str | None = None,
-    *,
-    flags: int = 0,
-    data: str | None = None,
-) -> None:
-    """mount(2) in this process's (private) mount namespace; mount(8) would write /run/mount."""
-    result = _libc.mount(
-        str(source).encode(), str(target).encode(), fstype.encode() if fstype else None,
-        ctypes.c_ulong(flags), data.encode() if data else None,
-    )  # fmt: skip
-    if result != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"mount {source} on {target}: {os.strerror(code)}")
 
 
 def die_with_parent() -> None:
@@ -126,48 +107,50 @@ class LibvirtUnavailable(Exception):
     """libvirt cannot run here; the message says why, with libvirt's own words."""
 
 
+def host_accounts(path: Path, base: tuple[str, ...]) -> list[str]:
+    """The host's entries of ``path``, but those the scratch files' base already has."""
+    names = {line.split(":", 1)[0] for line in base}
+    return [line for line in path.read_text().splitlines() if line.split(":", 1)[0] not in names]
+
+
 def enter_namespace(root: Path) -> None:
     """Enter the private mount namespace described in the module docstring."""
-    exit_on_sigterm()
-    passwd = Path("/etc/passwd").read_text().splitlines()
-    group = Path("/etc/group").read_text().splitlines()
-    passwd += [
+    passwd = [
+        *host_accounts(Path("/etc/passwd"), BASE_PASSWD),
         f"libvirt-qemu:x:{LIBVIRT_QEMU_UID}:{LIBVIRT_QEMU_UID}:Libvirt Qemu:/var/lib/libvirt:"
         "/usr/sbin/nologin",
         *LAUNCH_PASSWD,
     ]
-    group += [
+    group = [
+        *host_accounts(Path("/etc/group"), BASE_GROUP),
         group_line("libvirt-qemu", LIBVIRT_QEMU_UID),
         group_line("kvm", KVM_GID, ["libvirt-qemu"]),
         *LAUNCH_GROUP,
     ]
-    accounts = root / "accounts"
-    accounts.mkdir()
-    scratch = ScratchAccounts(accounts)
-    scratch.passwd.write_text("\n".join(passwd) + "\n")
-    scratch.group.write_text("\n".join(group) + "\n")
-    scratch.nsswitch.write_text(FILES_ONLY)
-    for path in (scratch.passwd, scratch.group, scratch.nsswitch):
-        path.chmod(0o644)
-    enter_scratch_accounts(scratch)
+    enter_accounts(root, passwd, group)
     for sub in ("var-upper", "var-work", "etc-libvirt", "run-lock"):
         (root / sub).mkdir()
     for conf in Path("/etc/libvirt").glob("*.conf"):
         shutil.copy(conf, root / "etc-libvirt")
     # The host's /run/lock stays visible: qemu-depriv's reaper lock is host-wide.
-    mount(Path("/run/lock"), root / "run-lock", flags=MS_BIND)
-    mount("tmpfs", Path("/run"), "tmpfs", data="mode=0755")
+    syscalls.bind("/run/lock", str(root / "run-lock"))
+    syscalls.mount("tmpfs", "/run", "tmpfs", 0)
+    Path("/run").chmod(0o755)
     Path("/run/lock").mkdir()
-    mount(root / "run-lock", Path("/run/lock"), flags=MS_BIND)
+    syscalls.bind(str(root / "run-lock"), "/run/lock")
+    # mount(8), not mount(2): the library's mount takes no options.  /run is ours by now, so
+    # what mount(8) notes in /run/mount stays in this namespace.
     overlay = f"lowerdir=/var,upperdir={root}/var-upper,workdir={root}/var-work"
-    mount("overlay", Path("/var"), "overlay", data=overlay)
-    mount(root / "etc-libvirt", Path("/etc/libvirt"), flags=MS_BIND)
+    done = run(["/usr/bin/mount", "-t", "overlay", "-o", overlay, "overlay", "/var"])
+    if done.returncode != 0:
+        raise OSError(f"mount overlay on /var: {done.stderr.strip()}")
+    syscalls.bind(str(root / "etc-libvirt"), "/etc/libvirt")
     if Path("/dev/kvm").exists():
         node = root / "kvm"
         os.mknod(node, 0o660 | stat.S_IFCHR, os.makedev(10, 232))
         os.chown(node, 0, KVM_GID)
         node.chmod(0o660)
-        mount(node, Path("/dev/kvm"), flags=MS_BIND)
+        syscalls.bind(str(node), "/dev/kvm")
 
 
 class Libvirt:
@@ -183,6 +166,7 @@ class Libvirt:
 
         Raises:
             LibvirtUnavailable: a binary is missing, a daemon exited, or virsh fails.
+            EnvironmentFailure: virsh did not answer in time.
         """
         for binary in ("/usr/sbin/libvirtd", "/usr/sbin/virtlogd", VIRSH):
             if not Path(binary).exists():
@@ -225,10 +209,7 @@ class Libvirt:
         return " | ".join(text[-5:]) or "(libvirtd printed nothing)"
 
     def virsh(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [VIRSH, "-c", URI, *args], capture_output=True, text=True, timeout=timeout,
-            check=False, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        return run([VIRSH, "-c", URI, *args], timeout=timeout)
 
     def create(self, name: str) -> tuple[float, int]:
         """``virsh create`` a transient domain; return (seconds, QEMU pid)."""
@@ -258,7 +239,7 @@ class Libvirt:
             self.virsh("destroy", name, timeout=60)
         self.domains.clear()
         for daemon in reversed(self.daemons):
-            stop_child(daemon)
+            end_child(daemon, grace=10)
         self.daemons.clear()
 
 
@@ -273,12 +254,12 @@ class DeprivCli:
     def launch(self, name: str) -> tuple[float, int]:
         """``qemu-depriv launch``; return (seconds, QEMU pid)."""
         config = write_config(self.root, name)
-        run = run_qd(self.state_dir, "launch", str(config))
-        if run.data.get("name") == name or run.code == 0:
+        launched = run_qd(self.state_dir, "launch", str(config))
+        if launched.data.get("name") == name or launched.code == 0:
             self.names.add(name)
-        assert run.code == 0, f"qemu-depriv launch {name}: {run.error}"
-        assert run.data["state"] == "running", run.data
-        return run.seconds, int(run.data["pid"])
+        assert launched.code == 0, f"qemu-depriv launch {name}: {launched.error}"
+        assert launched.data["state"] == "running", launched.data
+        return launched.seconds, int(launched.data["pid"])
 
     def stop(self, name: str, pid: int, *, reap: bool) -> StopObservation:
         """``qemu-depriv stop``, watching QEMU and its PID-namespace wrapper."""
@@ -357,7 +338,7 @@ def run_phase(
 
 
 def machine_cgroups() -> set[Path]:
-    """libvirt's ``machine`` cgroup directories that exist now."""
+    """The ``machine`` cgroup directories (libvirt's) that exist now."""
     return set(CGROUP_ROOT.glob("*/machine"))
 
 
@@ -380,7 +361,7 @@ def main() -> None:  # noqa: PLR0915 - one scenario, top to bottom
             libvirt.destroy("bench-warm-v", pid, reap=False)
             result["libvirt_first_create_seconds"] = warm
             result["libvirt"] = "ran"
-        except (LibvirtUnavailable, OSError, subprocess.SubprocessError) as exc:
+        except (LibvirtUnavailable, EnvironmentFailure, OSError, subprocess.SubprocessError) as exc:
             result["libvirt"] = "unavailable"
             result["libvirt_error"] = str(exc)
             log(f"libvirt cannot run here: {exc}")

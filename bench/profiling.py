@@ -1,4 +1,4 @@
-"""Profiles of a slow path with pyinstrument (installed into the venv by ``make bench``).
+"""Profiles of a slow path with pyinstrument (the ``bench`` extra; ``make bench`` installs it).
 
 Each profile is kept as two short texts for the summary: the flat list of the frames with the
 most time of their own (library frames included), and the call tree of the project's own code.
@@ -6,13 +6,17 @@ most time of their own (library frames included), and the call tree of the proje
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from bench.common import TMP, run
+
+if TYPE_CHECKING:
+    from pyinstrument.session import Session
 
 FLAT_LINES = 15
 TREE_LINES = 70
@@ -26,7 +30,7 @@ def _body(text: str) -> list[str]:
     return lines[start:]
 
 
-def _render(session: Any) -> dict[str, Any]:
+def _render(session: Session) -> dict[str, Any]:
     from pyinstrument.renderers import ConsoleRenderer  # noqa: PLC0415 - optional dependency
 
     flat = ConsoleRenderer(flat=True, show_all=True, unicode=False, color=False)
@@ -85,15 +89,12 @@ def render_file(out: Path, args: Sequence[str]) -> dict[str, Any]:
 
 
 def profile_cli(
-    args: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 120.0
+    args: Sequence[str], *, timeout: float = 120.0
 ) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
     """Run ``python -m qemu_depriv ARGS`` under pyinstrument; return the profile and the run."""
-    with tempfile.TemporaryDirectory(prefix="bench-prof-", dir="/tmp") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-prof-", dir=TMP) as tmp:
         out = Path(tmp) / "profile.pyisession"
-        done = subprocess.run(
-            pyinstrument_command(args, out), capture_output=True, text=True, timeout=timeout,
-            check=False, env=dict(env) if env is not None else dict(os.environ),
-        )  # fmt: skip
+        done = run(pyinstrument_command(args, out), timeout=timeout)
         profile = render_file(out, args)
     if "error" in profile:
         profile["error"] += f": {done.stderr.strip()[-400:]}"

@@ -53,8 +53,8 @@ from bench.common import (
     write_json,
 )
 from bench.profiling import profile_call
-from qemu_depriv.nss import Account, Group, LibcLookup
-from qemu_depriv.policy import Decision, Outcome, Request, resolve
+from qemu_depriv.accounts.chain import Decision, Outcome, Request, resolve
+from qemu_depriv.accounts.nss import Account, Group, LibcLookup
 
 TARGET = 1.10
 SEED_COUNT = 65536
@@ -108,7 +108,7 @@ def tier_accounts() -> tuple[list[str], list[str]]:
 
 
 def account_files(kind: str) -> tuple[list[str], list[str]]:
-    """passwd and group lines of the ``large`` or ``small`` set."""
+    """The passwd and group lines of the ``large`` or ``small`` set."""
     extra_passwd, extra_group = tier_accounts()
     if kind == "small":
         base = f"{PREFIX}-range-base"

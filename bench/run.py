@@ -24,7 +24,8 @@ from bench.common import (
     REPO,
     RESULTS,
     TMP,
-    kill_pids,
+    bench_processes,
+    kill_leftovers,
     wait_for_no_bench_processes,
     write_json,
 )
@@ -106,8 +107,11 @@ def main() -> int:
     logs.mkdir(parents=True, exist_ok=True)
     runs: dict[str, dict[str, Any]] = {}
     clean = True
-    if early := wait_for_no_bench_processes(0):
-        print(f"bench: processes of the benchmark uids already run: {early}", file=sys.stderr)
+    if early := bench_processes():
+        print(
+            f"bench: processes of the benchmark uids already run: {[str(p) for p in early]}",
+            file=sys.stderr,
+        )
         return 1
     for name, module, limit in WORKERS:
         before = bench_dirs()
@@ -115,8 +119,8 @@ def main() -> int:
         left = wait_for_no_bench_processes(10)
         if left:
             clean = False
-            runs[name]["leftovers"] = [f"{p.pid} {p.comm} uids {p.uids}" for p in left]
-            kill_pids(p.pid for p in left)
+            runs[name]["leftovers"] = [str(p) for p in left]
+            kill_leftovers(left)
             print(f"bench: {name} left {runs[name]['leftovers']}: killed", file=sys.stderr)
         for directory in bench_dirs() - before:
             shutil.rmtree(directory, ignore_errors=True)

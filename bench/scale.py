@@ -22,11 +22,11 @@ Usage: python -m bench.scale OUT.json
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +37,13 @@ from bench.common import (
     RANGE_BASE,
     RAW_SLOT,
     bench_processes,
+    end_child,
     enter_accounts,
     host_info,
-    kill_pids,
+    kill_leftovers,
     log,
+    parent_pid,
     ratio,
-    read_proc,
     rotations,
     state_root,
     summarize,
@@ -50,7 +51,9 @@ from bench.common import (
     write_json,
 )
 from bench.profiling import pyinstrument_command, render_file
-from bench.vm import finished_run, kill_raw, qd, qmp_handshake, run_qd, start_raw, write_config
+from bench.vm import finished_run, qd, qmp_handshake, run_qd, start_raw, write_config
+from qemu_depriv.errors import EnvironmentFailure
+from qemu_depriv.isolation.cgroups import PARENT, CgroupHost, unit_escape
 
 COUNT = 100
 ROUNDS = 2
@@ -58,7 +61,6 @@ TIMEOUT = 300.0
 SAMPLE_EVERY = 0.02
 #: In the last CLI round, this VM's launch and stop run under the profiler.
 PROFILED = COUNT // 2
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def rss_kib(pid: int) -> int:
@@ -153,9 +155,7 @@ def run_batch(
     seconds = time.perf_counter() - start
     sampler.stop()
     for process in processes:
-        if process.poll() is None:  # past the deadline: a hung command, ours to end
-            process.kill()
-            process.wait(timeout=30)
+        end_child(process)  # one still running is past the deadline: hung, ours to end
     runs = [
         finished_run(
             process.returncode,
@@ -181,28 +181,27 @@ def raw_round(root: Path) -> dict[str, Any]:
     for socket in sockets:
         socket.unlink(missing_ok=True)
     processes: list[subprocess.Popen[bytes]] = []
-    loop = asyncio.new_event_loop()
+
+    def handshake(socket: Path, process: subprocess.Popen[bytes]) -> str | None:
+        try:
+            qmp_handshake(socket, process, TIMEOUT)
+        except EnvironmentFailure as exc:
+            return repr(exc)
+        return None
+
     try:
         start = time.perf_counter()
         for i, socket in enumerate(sockets):
             uid = RANGE_BASE + RAW_SLOT + i
             processes.append(start_raw(socket, uid, root / f"r{i}.log"))
-
-        async def all_handshakes() -> list[BaseException | None]:
-            results = await asyncio.gather(
-                *(qmp_handshake(s, p, TIMEOUT) for s, p in zip(sockets, processes, strict=True)),
-                return_exceptions=True,
-            )
-            return [r if isinstance(r, BaseException) else None for r in results]
-
-        errors = loop.run_until_complete(all_handshakes())
+        with ThreadPoolExecutor(max_workers=COUNT) as pool:  # every handshake at once
+            errors = list(pool.map(handshake, sockets, processes))
         seconds = time.perf_counter() - start
         qemu_rss = sum(rss_kib(p.pid) for p in processes)
     finally:
-        loop.close()
         for process in processes:
-            kill_raw(process)
-    failures = [repr(e) for e in errors if e is not None]
+            end_child(process)
+    failures = [e for e in errors if e is not None]
     return {
         "seconds": seconds,
         "failures": failures,
@@ -214,10 +213,13 @@ def leftover_state(state_dir: Path, names: list[str]) -> dict[str, Any]:
     """What of the VMs is still there: live processes, cgroups, rows in the store."""
     listing = run_qd(state_dir, "list")
     rows = [vm["name"] for vm in listing.data.get("vms", []) if vm["name"] in names]
+    roots = {root for _, root in CgroupHost.detect().placement().values()}
+    escaped = {unit_escape(name) for name in names}
     cgroups = sorted(
-        str(p)
-        for p in CGROUP_ROOT.glob("*/qemu-depriv/*-bench-s-*")
-        if p.name.split("-", 1)[1] in names
+        str(group)
+        for root in roots
+        for group in (root / PARENT).glob("*-*")
+        if group.name.split("-", 1)[1] in escaped
     )
     return {
         "processes": [p.pid for p in bench_processes()],
@@ -254,7 +256,7 @@ def cli_round(root: Path, state_dir: Path, round_no: int, *, profile: bool) -> d
     ]
     pids = [int(o["pid"]) for o in launch.outputs if o.get("pid")]
     qemu_rss = sum(rss_kib(pid) for pid in pids)
-    wrappers = [proc.ppid for pid in pids if (proc := read_proc(pid)) is not None]
+    wrappers = [ppid for pid in pids if (ppid := parent_pid(pid)) is not None]
     wrapper_rss = sum(rss_kib(pid) for pid in wrappers)
     log(
         f"round {round_no}: {sum(verified)}/{COUNT} verified in {launch.seconds:.1f} s, "
@@ -275,7 +277,7 @@ def cli_round(root: Path, state_dir: Path, round_no: int, *, profile: bool) -> d
     alive = wait_for_no_bench_processes(10)
     left = leftover_state(state_dir, names)
     forced = [p.pid for p in alive]
-    kill_pids(forced)
+    kill_leftovers(alive)
     result: dict[str, Any] = {
         "launch_seconds": launch.seconds,
         "launch_ends": launch.ends,
@@ -325,7 +327,7 @@ def main() -> None:
     finally:
         for vm in run_qd(state_dir, "list").data.get("vms", []):  # after a failure: stop all
             run_qd(state_dir, "stop", vm["name"])
-        kill_pids(p.pid for p in wait_for_no_bench_processes(10))
+        kill_leftovers(wait_for_no_bench_processes(10))
     raw_seconds = [r["seconds"] for r in rounds["raw"]]
     cli_seconds = [r["launch_seconds"] for r in rounds["cli"]]
     write_json(

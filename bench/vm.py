@@ -2,28 +2,35 @@
 
 Raw QEMU is the floor every launch is compared with: the same machine options qemu-depriv's
 standalone mode uses, ``-runas UID:GID``, started by hand and timed until a finished QMP
-handshake (``qemu.qmp``'s ``QMPClient``, retried every 10 ms as the launcher retries).
+handshake, made with the launcher's own :class:`~qemu_depriv.qemu.qmp.QmpConnection` (so both
+retry alike).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import ConnectError, QMPClient
-
-from bench.common import RANGE_BASE, bench_processes, qd_cli, read_proc
+from bench.common import (
+    RANGE_BASE,
+    bench_processes,
+    end_child,
+    parent_pid,
+    qd_cli,
+    run,
+)
+from qemu_depriv.host.procfs import read_status, start_time
+from qemu_depriv.qemu.qmp import QmpConnection
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 MEMORY_MIB = 64
-QMP_RETRY = 0.01
 
 
 def write_config(directory: Path, name: str) -> Path:
@@ -44,26 +51,21 @@ def raw_argv(socket: Path, uid: int, gid: int = RANGE_BASE) -> list[str]:
     ]  # fmt: skip
 
 
-async def qmp_handshake(socket: Path, process: subprocess.Popen[bytes], timeout: float) -> None:
-    """Connect and finish the QMP handshake, retrying until QEMU listens; then disconnect."""
-    client = QMPClient("bench-raw")
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"raw QEMU exited with {process.returncode} before QMP")
-        try:
-            await client.connect(str(socket))
-        except ConnectError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(QMP_RETRY)
-        else:
-            break
-    await client.disconnect()
+def qmp_handshake(socket: Path, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Connect and finish the QMP handshake, retrying until QEMU listens; then disconnect.
+
+    Raises:
+        EnvironmentFailure: QEMU exited first, or did not answer within ``timeout``.
+    """
+    with QmpConnection(socket, name="bench-raw") as qmp:
+        qmp.connect(timeout=timeout, alive=lambda: process.poll() is None)
 
 
 def start_raw(socket: Path, uid: int, log: Path) -> subprocess.Popen[bytes]:
-    """Start raw QEMU (paused), its stderr to ``log``."""
+    """Start raw QEMU (paused), its stderr to ``log``.
+
+    Started by hand on purpose, not through the library's ``spawn``: it is the baseline.
+    """
     with log.open("wb") as stderr:
         return subprocess.Popen(
             raw_argv(socket, uid),
@@ -71,27 +73,18 @@ def start_raw(socket: Path, uid: int, log: Path) -> subprocess.Popen[bytes]:
         )  # fmt: skip
 
 
-def launch_raw(socket: Path, uid: int, log: Path, timeout: float = 30.0) -> tuple[Any, float]:
+def launch_raw(
+    socket: Path, uid: int, log: Path, timeout: float = 30.0
+) -> tuple[subprocess.Popen[bytes], float]:
     """Start raw QEMU and time it until the QMP handshake is done; return (process, seconds)."""
     start = time.perf_counter()
     process = start_raw(socket, uid, log)
-    loop = asyncio.new_event_loop()
     try:
-        loop.run_until_complete(qmp_handshake(socket, process, timeout))
-        elapsed = time.perf_counter() - start
+        qmp_handshake(socket, process, timeout)
     except BaseException:
-        kill_raw(process)
+        end_child(process)
         raise
-    finally:
-        loop.close()
-    return process, elapsed
-
-
-def kill_raw(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL raw QEMU by its pid and reap it."""
-    if process.poll() is None:
-        process.kill()
-    process.wait(timeout=10)
+    return process, time.perf_counter() - start
 
 
 def qd(state_dir: Path, *args: str) -> list[str]:
@@ -113,10 +106,7 @@ class CliRun:
 def run_qd(state_dir: Path, *args: str, timeout: float = 120.0) -> CliRun:
     """Run ``qemu-depriv --state-dir DIR ARGS --json`` and time it."""
     start = time.perf_counter()
-    done = subprocess.run(
-        qd(state_dir, *args, "--json"), capture_output=True, text=True, timeout=timeout,
-        check=False, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    done = run(qd(state_dir, *args, "--json"), timeout=timeout)
     return finished_run(done.returncode, time.perf_counter() - start, done.stdout, done.stderr)
 
 
@@ -143,19 +133,10 @@ def error_text(stderr: str) -> str:
 
 def proc_state(pid: int, started: int | None) -> str:
     """``alive``, ``zombie`` (dead, not reaped) or ``gone``; a reused pid counts as gone."""
-    proc = read_proc(pid)
-    if proc is None or (started is not None and start_time(pid) != started):
+    status = read_status(pid)
+    if status is None or (started is not None and start_time(pid) != started):
         return "gone"
-    return "zombie" if proc.zombie else "alive"
-
-
-def start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat, or None when the process is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return int(raw[raw.rindex(b")") + 2 :].split()[19])
+    return "zombie" if status.zombie else "alive"
 
 
 @dataclass
@@ -195,10 +176,10 @@ class StopObservation:
 
 def watch(role: str, pid: int) -> Watched | None:
     """Start watching ``pid`` (None when it is already gone)."""
-    proc = read_proc(pid)
-    if proc is None:
+    parent = parent_pid(pid)
+    if parent is None:
         return None
-    return Watched(role, pid, proc.ppid, start_time(pid))
+    return Watched(role, pid, parent, start_time(pid))
 
 
 def observe_stop(
@@ -207,50 +188,54 @@ def observe_stop(
     """Run ``command`` and poll the watched processes every millisecond until all are gone.
 
     With ``reap`` the caller is those processes' parent (a child subreaper) and reaps them as
-    soon as they die, as a prompt init would; otherwise their parent, PID 1 here, does.
+    soon as they die, as a prompt init would; otherwise their parent, PID 1 here, does.  The
+    command runs as a child of its own (not through ``run_command``): it is polled meanwhile.
     """
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    returned: float | None = None
-    live_at_return: list[int] = []
-    deadline = start + cap
-    while True:
-        now = time.perf_counter() - start
-        if returned is None and process.poll() is not None:
-            returned = now
-            live_at_return = [p.pid for p in bench_processes()]
-        pending = False
-        for entry in watched:
-            if entry.reaped is not None:
-                continue
-            state = proc_state(entry.pid, entry.started)
-            if state != "alive" and entry.dead is None:
-                entry.dead = now
-            if state == "zombie" and reap:
-                with contextlib.suppress(ChildProcessError):
-                    pid, status = os.waitpid(entry.pid, os.WNOHANG)
-                    if pid == entry.pid:
-                        entry.exit_code = os.waitstatus_to_exitcode(status)
-                state = proc_state(entry.pid, entry.started)
-            if state == "gone":
-                entry.reaped = now
-            else:
-                pending = True
-        if (returned is not None and not pending) or time.perf_counter() > deadline:
-            break
-        time.sleep(0.001)
-    stdout, stderr = process.communicate(timeout=60)
-    if returned is None:
-        returned = time.perf_counter() - start
-    del stdout
+    with tempfile.TemporaryFile() as stderr:
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+        returned: float | None = None
+        live_at_return: list[int] = []
+        deadline = start + cap
+        while True:
+            now = time.perf_counter() - start
+            if returned is None and process.poll() is not None:
+                returned = now
+                live_at_return = [p.pid for p in bench_processes()]
+            pending = False
+            for entry in watched:
+                if entry.reaped is None:
+                    pending |= _poll_watched(entry, now, reap=reap)
+            if (returned is not None and not pending) or time.perf_counter() > deadline:
+                break
+            time.sleep(0.001)
+        code = process.wait(timeout=60)
+        stderr.seek(0)
+        said = stderr.read().decode("utf-8", "replace")
     return StopObservation(
-        returned=returned,
-        code=process.returncode,
-        error=error_text(stderr) if process.returncode else "",
+        returned=time.perf_counter() - start if returned is None else returned,
+        code=code,
+        error=error_text(said) if code else "",
         watched=watched,
         reaper="bench worker (child subreaper, reaps at once)" if reap else "PID 1",
         live_at_return=live_at_return,
     )
+
+
+def _poll_watched(entry: Watched, now: float, *, reap: bool) -> bool:
+    """Note when ``entry`` died and went away (reaping it with ``reap``); whether it is left."""
+    state = proc_state(entry.pid, entry.started)
+    if state != "alive" and entry.dead is None:
+        entry.dead = now
+    if state == "zombie" and reap:
+        with contextlib.suppress(ChildProcessError):
+            pid, status = os.waitpid(entry.pid, os.WNOHANG)
+            if pid == entry.pid:
+                entry.exit_code = os.waitstatus_to_exitcode(status)
+        state = proc_state(entry.pid, entry.started)
+    if state == "gone":
+        entry.reaped = now
+        return False
+    return True

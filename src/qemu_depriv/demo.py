@@ -5,32 +5,33 @@ system's ``/etc/passwd`` and ``/etc/group`` (the host's own files are never writ
 resolves a set of domains through glibc, across every tier and some refusals; launches three
 small real VMs (TCG, 64 MiB, no disk) as three different accounts and shows from /proc that
 each runs as its own uid with no capabilities; shows one refused launch; leaves a process
-behind as one VM's uid, as a compromised QEMU would; and stops every VM, showing that nothing
-of any is left.  Each step states what it must show, so the demo fails loudly (exit 4) if the
-product ever stops behaving as documented.
+behind as one VM's uid, as a compromised QEMU would; stops every VM, showing that nothing of
+any is left; and runs an existing QEMU command line through ``qemu-depriv run``, supervised,
+until a SIGTERM ends it clean.  Each step states what it must show, so the demo fails loudly
+(exit 4) if the product ever stops behaving as documented.
 """
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from qemu_depriv.directory import system_lookup
-from qemu_depriv.domain import DomainConfig
+from qemu_depriv.accounts.chain import Decision, Request, resolve
+from qemu_depriv.accounts.nss import AccountLookup
+from qemu_depriv.accounts.scratch import enter_scratch_accounts, write_scratch_accounts
 from qemu_depriv.errors import EnvironmentFailure, PolicyRefusal, QemuDeprivError
-from qemu_depriv.inspect import snapshot
-from qemu_depriv.launcher import Launcher, LaunchRequest
-from qemu_depriv.nss import AccountLookup
-from qemu_depriv.policy import Decision, Request, resolve
-from qemu_depriv.process import run_command
-from qemu_depriv.procs import live_pids_of_uid
-from qemu_depriv.qemu.caps import CapsProbe
-from qemu_depriv.scratch import enter_scratch_accounts, write_scratch_accounts
-from qemu_depriv.settings import Settings
-from qemu_depriv.state import StateStore
+from qemu_depriv.host.processes import wait_until
+from qemu_depriv.host.procfs import live_pids_of_uid, snapshot
+from qemu_depriv.host.programs import run_command
+from qemu_depriv.vms.launcher import Launcher, LaunchRequest
+from qemu_depriv.xl.domain import DomainConfig
 
 RANGE_BASE = 131072
 DEMO_PASSWD = (
@@ -144,7 +145,26 @@ class Stopped:
     left: tuple[int, ...]
 
 
-Event = VmShown | Refused | Escapee | Stopped
+@dataclass(frozen=True)
+class Supervised:
+    """An existing QEMU command line run by ``qemu-depriv run``, then stopped by a signal."""
+
+    name: str
+    command: tuple[str, ...]
+    pid: int
+    uid: int
+    tier: str
+    verified: tuple[str, ...]
+    exit_code: int
+    left: tuple[int, ...]
+
+
+Event = VmShown | Refused | Escapee | Stopped | Supervised
+#: A command line as a KVM user would have it in a script: ``run`` takes it as it is.
+USER_COMMAND = (
+    "qemu-system-x86_64", "-name", "legacy", "-machine", "pc", "-accel", "tcg", "-m", "64",
+    "-nodefaults", "-display", "none",
+)  # fmt: skip
 DEMO_VMS = (
     DomainConfig(name="web", memory=64),
     DomainConfig(name="build", memory=64),
@@ -227,7 +247,7 @@ def vm_walkthrough(launcher: Launcher) -> Iterator[Event]:
         yield Escapee("build", build.uid, tuple(p for p in live_pids_of_uid(build.uid)))
     finally:
         for name in started:
-            record, _ = launcher.stop(name)
+            record, _ = launcher.teardown.stop(name)
             assert record.uid is not None  # noqa: S101 - a started VM has a uid
             left = tuple(live_pids_of_uid(record.uid))
             yield Stopped(name, record.uid, left)
@@ -235,12 +255,41 @@ def vm_walkthrough(launcher: Launcher) -> Iterator[Event]:
                 raise EnvironmentFailure(f"demo: processes of {name} survived stop: {left}")
 
 
-def demo_launcher(state_dir: Path) -> Launcher:
-    """A launcher for the demo's state directory, over real NSS and the real QEMU."""
-    settings = Settings(state_dir=state_dir)
-    return Launcher(
-        settings=settings,
-        lookup=system_lookup(settings),
-        store=StateStore(state_dir),
-        probe=CapsProbe(),
+def supervised_walkthrough(state_dir: Path) -> Iterator[Event]:
+    """Run an existing command line through ``qemu-depriv run``, show it, stop it by SIGTERM.
+
+    Raises:
+        EnvironmentFailure: it did not run verified as its own uid, or something survived.
+    """
+    status = state_dir.parent / "legacy.json"
+    command = [sys.executable, "-m", "qemu_depriv", "--state-dir", str(state_dir), "run",
+               "--json-status", str(status), "--", *USER_COMMAND]  # fmt: skip
+    supervisor = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
+    try:
+        if not wait_until(lambda: _state(status) in ("running", "stopped"), 60.0):
+            raise EnvironmentFailure("demo: 'qemu-depriv run' did not start within 60 s")
+        shown = json.loads(status.read_text())
+        if shown["state"] != "running":
+            raise EnvironmentFailure(f"demo: 'qemu-depriv run' ended: {supervisor.stderr}")
+        supervisor.send_signal(signal.SIGTERM)
+        code = supervisor.wait(timeout=60)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+    left = tuple(live_pids_of_uid(shown["uid"]))
+    yield Supervised(
+        shown["name"], USER_COMMAND, shown["pid"], shown["uid"], shown["tier"],
+        tuple(shown["verification"]["layers"]), code, left,
+    )  # fmt: skip
+    if code != 0 or left:
+        raise EnvironmentFailure(f"demo: the supervised VM ended with {code}, leaving {left}")
+
+
+def _state(status: Path) -> str | None:
+    try:
+        return str(json.loads(status.read_text())["state"])
+    except (OSError, ValueError, KeyError):
+        return None

@@ -2,24 +2,33 @@
 
 ::
 
-    QemuDeprivError                exit 4 unless a subclass says otherwise
-     +-- InvalidInput              exit 2: usage, a bad value, a malformed config
-     +-- PolicyRefusal             exit 3: no acceptable user, uid 0, a uid clash, a uid in use
-     +-- EnvironmentFailure        exit 4: the host let us down
-          +-- AccountLookupError   an NSS backend failed; never read as "no such user"
+    QemuDeprivError                  exit 4 unless a subclass says otherwise     kind "error"
+     +-- InvalidInput                exit 2: usage, a bad value, a malformed      "invalid-input"
+     |                               config, a VM the state store does not know
+     +-- PolicyRefusal               exit 3: no acceptable user, uid 0, a uid     "refused"
+     |                               clash, a uid in use, an option that would
+     |                               undo the deprivileging
+     +-- EnvironmentFailure          exit 4: the host let us down                 "environment"
+          +-- AccountLookupError     an NSS source failed, hung, or cannot        "lookup-error"
+          |                          vouch for its "not found"; never "no such
+          |                          user"
+          +-- QemuStartFailure       QEMU exited or did not answer while          "qemu-failed"
+          |                          starting: its status, argv, stderr's end
+          +-- LayerVerificationFailed                                         "verification-failed"
+                                     a planned isolation layer was not seen on
+                                     the running process: the failed checks
 
 Every error carries the message the administrator reads (naming the input at fault and, where
-one exists, the fix) and a short ``kind`` for machine-readable output.  Refusals and lookup
-errors raised by the resolution chain also carry the names tried so far.
+one exists, the fix) and a short ``kind`` for machine-readable output.  Errors that happened
+while resolving an account also carry the chain's trace (``tried``): they are
+:class:`qemu_depriv.accounts.chain.ResolutionFailed`, which extends the refusal and the lookup
+error here without this module knowing the chain's types.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
-
-if TYPE_CHECKING:
-    from qemu_depriv.policy import Attempt
+from typing import Any, ClassVar
 
 
 class QemuDeprivError(Exception):
@@ -28,10 +37,13 @@ class QemuDeprivError(Exception):
     exit_code: ClassVar[int] = 4
     kind: ClassVar[str] = "error"
 
-    def __init__(self, message: str, *, tried: Sequence[Attempt] = ()) -> None:
+    def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-        self.tried: tuple[Attempt, ...] = tuple(tried)
+
+    def details(self) -> dict[str, Any]:
+        """What the JSON error object carries besides ``kind`` and ``message``."""
+        return {}
 
 
 class InvalidInput(QemuDeprivError):
@@ -60,7 +72,7 @@ class AccountLookupError(EnvironmentFailure):
 
     Attributes:
         key: what was looked up, such as ``user 'xen-qemuuser-web'`` or ``uid 131079``.
-        errno: the error number that libc returned.
+        errno: the error number that libc returned (ETIMEDOUT for a lookup that hung).
     """
 
     kind = "lookup-error"
@@ -69,3 +81,52 @@ class AccountLookupError(EnvironmentFailure):
         super().__init__(message)
         self.key = key
         self.errno = errno
+
+
+class QemuStartFailure(EnvironmentFailure):
+    """QEMU exited, or did not answer, before it was verified and running.
+
+    Attributes:
+        status: QEMU's exit status (negative: the signal), or None while it still ran.
+        argv: the command line it was started with.
+        stderr_tail: the last lines QEMU wrote on stderr.
+    """
+
+    kind = "qemu-failed"
+
+    def __init__(
+        self, what: str, *, status: int | None, argv: Sequence[str], stderr_tail: Sequence[str]
+    ) -> None:
+        said = " | ".join(stderr_tail) or "(empty)"
+        state = "still running" if status is None else f"exit {status}"
+        super().__init__(f"{what}: QEMU {state}, stderr: {said}")
+        self.status = status
+        self.argv = tuple(argv)
+        self.stderr_tail = tuple(stderr_tail)
+
+    def details(self) -> dict[str, Any]:
+        """The exit status, argv and stderr's end, for ``--json``."""
+        return {"status": self.status, "argv": list(self.argv), "stderr": list(self.stderr_tail)}
+
+
+class LayerVerificationFailed(EnvironmentFailure):
+    """A planned layer was not observed on the running QEMU, which was then killed.
+
+    Attributes:
+        pid: the QEMU process that was checked.
+        failed: each failed check as ``{layer, planned, observed}``.
+    """
+
+    kind = "verification-failed"
+
+    def __init__(self, pid: int, failed: Sequence[dict[str, Any]]) -> None:
+        detail = "; ".join(
+            f"{c['layer']}: planned {c['planned']}, /proc shows {c['observed']}" for c in failed
+        )
+        super().__init__(f"QEMU pid {pid} lacks planned layers ({detail}): killed it")
+        self.pid = pid
+        self.failed = tuple(failed)
+
+    def details(self) -> dict[str, Any]:
+        """The failed checks, for ``--json``."""
+        return {"pid": self.pid, "failed": list(self.failed)}

@@ -8,6 +8,7 @@ The file (``--config FILE``, else ``/etc/qemu-depriv.toml`` when it exists) hold
     lock_timeout = 30.0            # seconds to wait for the state store before exit 4
     lookup_timeout = 10.0          # seconds an account lookup may take before exit 4
     sources_without_accounts = []  # NSS sources (e.g. "sss") that hold no device-model account
+    xen_qemu = "/usr/bin/qemu-system-i386"  # the QEMU qemu-depriv-dm runs for libxl
 
     [layers]                       # every layer is on unless switched off here
     chroot = true
@@ -32,9 +33,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from qemu_depriv.domain import validate_prefix
+from qemu_depriv.accounts.names import DEFAULT_PREFIX, validate_prefix
 from qemu_depriv.errors import InvalidInput
-from qemu_depriv.policy import DEFAULT_PREFIX
 
 DEFAULT_CONFIG = Path("/etc/qemu-depriv.toml")
 DEFAULT_STATE_DIR = Path("/run/qemu-depriv")
@@ -71,6 +71,7 @@ class Settings:
     lock_timeout: float = 30.0
     lookup_timeout: float = 10.0
     sources_without_accounts: tuple[str, ...] = ()
+    xen_qemu: str = "/usr/bin/qemu-system-i386"
     layers: LayerSettings = field(default_factory=LayerSettings)
 
     def with_overrides(
@@ -118,7 +119,8 @@ def load_settings(path: Path | None) -> Settings:
 def _settings_from(path: Path, data: dict[str, Any]) -> Settings:
     known = {
         "prefix": str, "restrict": bool, "state_dir": str, "lock_timeout": float,
-        "lookup_timeout": float, "sources_without_accounts": list, "layers": dict,
+        "lookup_timeout": float, "sources_without_accounts": list, "xen_qemu": str,
+        "layers": dict,
     }  # fmt: skip
     _check_keys(path, data, known)
     settings = Settings()
@@ -147,6 +149,10 @@ def _settings_from(path: Path, data: dict[str, Any]) -> Settings:
                 f'as /etc/nsswitch.conf spells them, such as ["sss"]'
             )
         settings = replace(settings, sources_without_accounts=tuple(sources))
+    if "xen_qemu" in data:
+        if not data["xen_qemu"].startswith("/"):
+            raise InvalidInput(f"config {path}: xen_qemu must be an absolute path to QEMU")
+        settings = replace(settings, xen_qemu=data["xen_qemu"])
     return settings.with_overrides(
         prefix=data.get("prefix"),
         restrict=data.get("restrict"),

@@ -7,7 +7,7 @@ fixtures run the real daemons Debian ships, each instance private to one test:
   database under the test's tmp dir, loaded with posixAccount/posixGroup entries;
 - ``namespace.py``: a mount namespace held open by a holder process, in which scratch files
   stand for /etc/passwd, /etc/group and /etc/nsswitch.conf (the product's own
-  ``qemu_depriv.scratch``) and lab directories for the daemons' fixed paths;
+  ``qemu_depriv.accounts.scratch``) and lab directories for the daemons' fixed paths;
 - ``nslcd.py`` and ``sssd.py``: the NSS daemons (and SSSD's private system bus) inside such a
   namespace, with the timings of their reconnect logic as tunables;
 - ``probe.py``: a script that calls glibc's ``getpwnam_r``/``getpwuid_r`` once and prints the

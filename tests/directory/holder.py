@@ -1,6 +1,6 @@
 """Hold a private mount namespace open for a lab: ``python holder.py SPEC.json``.
 
-SPEC names a scratch accounts directory (``qemu_depriv.scratch``: its passwd, group and
+SPEC names a scratch accounts directory (``qemu_depriv.accounts.scratch``: its passwd, group and
 nsswitch.conf become /etc's) and a list of ``[source, target]`` bind mounts, applied in order
 after the scratch files.  The holder prints ``ready`` once every mount is in place, then waits
 for its stdin to close: the lab enters the namespace through ``/proc/HOLDER/ns/mnt`` meanwhile.
@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from qemu_depriv import linux
-from qemu_depriv.scratch import ScratchAccounts, enter_scratch_accounts
+from qemu_depriv.accounts.scratch import ScratchAccounts, enter_scratch_accounts
+from qemu_depriv.host import syscalls
 
 
 def main(spec_path: str) -> None:
@@ -22,7 +22,7 @@ def main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     enter_scratch_accounts(ScratchAccounts(Path(spec["scratch"])))
     for source, target in spec["binds"]:
-        linux.bind(source, target)
+        syscalls.bind(source, target)
     print("ready", flush=True)
     sys.stdin.read()
 

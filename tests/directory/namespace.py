@@ -1,11 +1,11 @@
 """A private mount namespace for a lab, held open by a holder process.
 
-nslcd, libnss-ldapd, SSSD and libnss-sss all use fixed paths (/etc/nslcd.conf, /run/nslcd/socket,
-/var/lib/sss/pipes/nss, /run/sssd.pid, /run/dbus/system_bus_socket...).  A test cannot point
-them elsewhere, so each lab gets a namespace in which lab directories are bind-mounted over
-those paths, and scratch files over /etc/passwd, /etc/group and /etc/nsswitch.conf (through
-``qemu_depriv.scratch``, the product's own mechanism).  The host's files are never written, and
-the mounts disappear with the namespace's last process.
+nslcd, libnss-ldapd, SSSD and libnss-sss all use fixed paths (/etc/nslcd.conf,
+/run/nslcd/socket, /var/lib/sss/pipes/nss, /run/sssd.pid, /run/dbus/system_bus_socket...).  A
+test cannot point them elsewhere, so each lab gets a namespace in which lab directories are
+bind-mounted over those paths, and scratch files over /etc/passwd, /etc/group and
+/etc/nsswitch.conf (through ``qemu_depriv.accounts.scratch``, the product's own mechanism).
+The host's files are never written, and the mounts disappear with the namespace's last process.
 
 Commands enter the namespace with util-linux ``nsenter --mount=/proc/HOLDER/ns/mnt``, which
 execs the command itself (no fork for a mount namespace), so a daemon's pid is the pid of the
@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from qemu_depriv.scratch import ScratchAccounts, write_scratch_accounts
+from qemu_depriv.accounts.scratch import ScratchAccounts, write_scratch_accounts
 from tests.directory import processes
 from tests.directory.probe import ProbeResult, parse
 

@@ -5,12 +5,12 @@ Run as a script inside a lab's namespace::
     python probe.py getpwnam NAME
     python probe.py getpwuid UID
 
-It prints one JSON object: ``rc`` (the function's return value, an errno number or 0),
-``null`` (whether ``*result`` is NULL), ``errno`` (the thread's errno after the call, which
-glibc leaves as the backend set it), their symbolic names, the entry when one was found, and
-``seconds`` spent in the call alone.  It calls the reentrant functions through ctypes, exactly
-as ``qemu_depriv.nss`` does (``CDLL(None)``), and imports nothing from the project, so that the
-facts it shows are glibc's and the NSS modules', not ours.
+It prints one JSON object: ``rc`` (the function's return value, an errno number or 0), ``null``
+(whether ``*result`` is NULL), ``errno`` (the thread's errno after the call, which glibc leaves
+as the backend set it), their symbolic names, the entry when one was found, and ``seconds``
+spent in the call alone.  It calls the reentrant functions through ctypes, exactly as
+``qemu_depriv.accounts.nss`` does (``CDLL(None)``), and imports nothing from the project, so
+that the facts it shows are glibc's and the NSS modules', not ours.
 
 :func:`parse` turns that output back into a :class:`ProbeResult` for the tests.
 """

@@ -1,9 +1,10 @@
 """The raw facts of issue 12, measured against real directory services.
 
 What glibc's ``getpwnam_r``/``getpwuid_r`` return through libnss-ldapd and libnss-sss when the
-LDAP server, or the NSS daemon, is up, stopped, hung or just back; and what SSSD's InfoPipe says
-about its online status.  The product's lookups (``qemu_depriv.nss``) and its SSSD online check
-rest on exactly these facts: if a package update changes one, a test here fails first.
+LDAP server, or the NSS daemon, is up, stopped, hung or just back; and what SSSD's InfoPipe
+says about its online status.  The product's lookups (``qemu_depriv.accounts.nss``) and its
+SSSD online check rest on exactly these facts: if a package update changes one, a test here
+fails first.
 
 Timings use the daemons' defaults where the timing is the point (one test per outage case);
 elsewhere the lab's short timings keep the file within a few minutes.

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from qemu_depriv.procs import live_pids_of_uid
+from qemu_depriv.host.procfs import live_pids_of_uid
 from tests.directory.accounts import ID_BLOCK, DirectoryGroup, DirectoryUser
 from tests.directory.lab import DirectoryLab
 from tests.directory.nslcd import FAST_NSLCD, NslcdLab
@@ -84,6 +84,44 @@ class Product:
 
     def launch(self, name: str, domid: int = 7) -> tuple[int, dict[str, Any], str]:
         return self.json("launch", str(self.config(name)), "--domid", str(domid))
+
+    def run_argv(self, name: str, domid: int = 7) -> list[str]:
+        """``qemu-depriv run`` of a user's own command line, in the lab's namespace."""
+        return self.lab.argv(
+            sys.executable, "-m", "qemu_depriv", "--config", str(self.settings),
+            "--state-dir", str(self.state), "run", "--domid", str(domid),
+            "--json-status", str(self.root / "run.json"), "--", "qemu-system-x86_64",
+            "-name", name, "-m", "64", "-nodefaults", "-display", "none",
+        )  # fmt: skip
+
+    def run_refused(self, name: str) -> subprocess.CompletedProcess[str]:
+        """A ``run`` expected to end before it starts anything."""
+        return subprocess.run(
+            self.run_argv(name), capture_output=True, text=True, timeout=120, check=False
+        )
+
+    def run_supervised(self, name: str, domid: int = 7) -> dict[str, Any]:
+        """A ``run`` that comes up: its state when verified, then SIGTERM and a clean exit."""
+        status = self.root / "run.json"
+        status.unlink(missing_ok=True)
+        process = subprocess.Popen(
+            self.run_argv(name, domid), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while not (status.exists() and '"running"' in status.read_text()):
+                assert process.poll() is None, process.communicate()[1]
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            state: dict[str, Any] = json.loads(status.read_text())
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
+            return state
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
     def vms(self) -> list[dict[str, Any]]:
         if not (self.state / "state.db").exists():
@@ -157,6 +195,9 @@ def assert_outage(product: Product, why: str) -> None:
     code, _, stderr = product.launch("web")
     assert code == 4, stderr
     assert why in one_error(stderr)
+    done = product.run_refused("web")
+    assert done.returncode == 4, done.stderr
+    assert why in one_error(done.stderr)
     product.assert_nothing_started()
 
 
@@ -172,6 +213,8 @@ def test_ldap_up_every_tier_resolves_from_the_directory_and_a_vm_runs_as_its_acc
     assert code == 0, stderr
     assert (vm["tier"], vm["uid"], vm["verification"]["ok"]) == ("name", WEB.uid, True)
     assert product.run("stop", "web").returncode == 0
+    supervised = product.run_supervised("web")
+    assert (supervised["tier"], supervised["uid"]) == ("name", WEB.uid)
     product.assert_nothing_started()
 
 
@@ -271,6 +314,8 @@ def test_sssd_online_every_tier_resolves_and_a_vm_runs_as_its_account(
     assert code == 0, stderr
     assert (vm["tier"], vm["uid"]) == ("name", WEB.uid)
     assert product.run("stop", "web").returncode == 0
+    supervised = product.run_supervised("mail", domid=8)
+    assert (supervised["tier"], supervised["uid"]) == ("range", RANGE_BASE.uid + 8)
 
 
 def test_ldap_down_behind_sssd_with_an_uncached_account_is_exit_4(

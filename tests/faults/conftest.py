@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from qemu_depriv.procs import live_pids_of_uid
-from qemu_depriv.recovery import orphan_qemus
+from qemu_depriv.host.procfs import live_pids_of_uid
+from qemu_depriv.vms.recovery import orphan_qemus
 from tests.conftest import mark_folder
 from tests.system.conftest import cli, failing_nss_modules, vmhost
 from tests.system.vmhost import VmHost, vm_uids

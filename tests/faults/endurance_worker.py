@@ -11,13 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-from qemu_depriv.domain import DomainConfig
-from qemu_depriv.launcher import Launcher, LaunchRequest
-from qemu_depriv.nss import LibcLookup
-from qemu_depriv.procs import live_pids_of_uid
-from qemu_depriv.qemu.caps import CapsProbe
+from qemu_depriv.host.procfs import live_pids_of_uid
 from qemu_depriv.settings import Settings
-from qemu_depriv.state import StateStore
+from qemu_depriv.vms.launcher import LaunchRequest, system_launcher
+from qemu_depriv.xl.domain import DomainConfig
 
 
 def rss_kib() -> int:
@@ -29,9 +26,7 @@ def rss_kib() -> int:
 
 def main() -> None:
     state_dir, cycles = Path(sys.argv[1]), int(sys.argv[2])
-    launcher = Launcher(
-        Settings(state_dir=state_dir), LibcLookup(), StateStore(state_dir), CapsProbe()
-    )
+    launcher = system_launcher(Settings(state_dir=state_dir))
     config = DomainConfig(name="endure", type="hvm", memory=64)
     uid = None
     for cycle in range(1, cycles + 1):
@@ -39,7 +34,7 @@ def main() -> None:
         try:
             record = launcher.launch(LaunchRequest(config=config, domid=9))
             uid = record.uid
-            launcher.stop("endure")
+            launcher.teardown.stop("endure")
         except Exception as exc:  # noqa: BLE001 - reported, and the test fails on it
             error = repr(exc)
         if cycle % 100 == 0 or error:

@@ -7,7 +7,7 @@ import signal
 import socket
 import time
 
-from qemu_depriv.procs import live_pids_of_uid
+from qemu_depriv.host.procfs import live_pids_of_uid
 from tests.system.vmhost import VmHost, start_escapee, wait_for
 
 

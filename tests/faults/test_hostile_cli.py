@@ -1,5 +1,5 @@
 """Fuzzing the command line: any arguments give an exit code of the contract, one clear line,
-no traceback and nothing started.  (The xl.cfg parser is fuzzed in tests/unit/test_xlcfg.py.)
+no traceback and nothing started.  (The xl.cfg parser is fuzzed in tests/unit/test_xl_syntax.py.)
 
 ``demo``, ``provision`` and ``doctor`` are left out: the first enters a mount namespace, the
 second writes account files, which no fuzzer may reach on a real host.
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qemu_depriv.audit import qemu_pids
 from qemu_depriv.cli.main import main
+from qemu_depriv.host.procfs import qemu_pids
 
 SUBCOMMANDS = ["resolve", "launch", "stop", "list", "audit", "recover"]
 OPTIONS = [

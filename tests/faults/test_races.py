@@ -15,8 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from qemu_depriv.audit import qemu_pids
-from qemu_depriv.inspect import read_status
+from qemu_depriv.host.procfs import qemu_pids, read_status
 from tests.faults.conftest import assert_consistent
 from tests.system.vmhost import VmHost
 

@@ -35,6 +35,7 @@ HOST_PACKAGES = (
 )
 PRODUCT_PACKAGES = (
     "qemu-system-x86",
+    "qemu-utils",
     "libnss-wrapper",
     "util-linux",
     "passwd",

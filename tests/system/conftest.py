@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from qemu_depriv.scratch import FILES_ONLY, write_scratch_accounts
+from qemu_depriv.accounts.scratch import FILES_ONLY, write_scratch_accounts
 from tests.conftest import mark_folder
 from tests.system.vmhost import VmHost
 

@@ -2,9 +2,8 @@
 
 Usage: python nsexec.py SCRATCH_DIR -- COMMAND [ARG...]
 
-It uses the product's own mechanism (qemu_depriv.scratch): a private mount namespace and bind
-mounts, so the host's files are never written.
-"""
+It uses the product's own mechanism (qemu_depriv.accounts.scratch): a private mount namespace
+and bind mounts, so the host's files are never written."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from qemu_depriv.scratch import ScratchAccounts, enter_scratch_accounts
+from qemu_depriv.accounts.scratch import ScratchAccounts, enter_scratch_accounts
 
 
 def main() -> None:

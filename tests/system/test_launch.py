@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qemu_depriv.inspect import parse_status
-from qemu_depriv.procs import live_pids_of_uid
+from qemu_depriv.host.procfs import live_pids_of_uid, parse_status
 from qemu_depriv.qemu.qmp import QmpConnection
 from tests.system.vmhost import (
     EXPLICIT_UID,

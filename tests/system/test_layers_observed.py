@@ -14,12 +14,9 @@ from typing import Any
 
 import pytest
 
-from qemu_depriv.cgroups import CgroupHost
-from qemu_depriv.inspect import parse_cgroup, parse_limits, parse_status
-from qemu_depriv.layers import controller_path
+from qemu_depriv.host.procfs import parse_cgroup, parse_limits, parse_status
+from qemu_depriv.isolation.cgroups import CgroupHost, controller_path
 from tests.system.vmhost import RANGE_BASE, VmHost
-
-CGROUP_V1 = Path("/sys/fs/cgroup")
 
 
 @pytest.fixture(scope="module")

@@ -13,21 +13,22 @@ from typing import Any
 
 import pytest
 
-from qemu_depriv.cgroups import CgroupHost, VmCgroup
-from qemu_depriv.domain import DomainConfig
-from qemu_depriv.errors import EnvironmentFailure
-from qemu_depriv.inspect import parse_cgroup
-from qemu_depriv.jail import Jail, jail_for
-from qemu_depriv.launcher import Launcher, LaunchRequest
-from qemu_depriv.layers import LayerPlan, controller_path
-from qemu_depriv.procs import live_pids_of_uid
-from qemu_depriv.qemu.caps import CapsProbe
+from qemu_depriv.errors import LayerVerificationFailed
+from qemu_depriv.host.procfs import live_pids_of_uid, parse_cgroup
+from qemu_depriv.isolation.cgroups import CgroupHost, VmCgroup, controller_path
+from qemu_depriv.isolation.jail import Jail, jail_for
+from qemu_depriv.isolation.layers import LayerPlan
 from qemu_depriv.settings import Settings
-from qemu_depriv.state import StateStore
+from qemu_depriv.vms.launcher import LaunchRequest, system_launcher
+from qemu_depriv.xl.domain import DomainConfig
 from tests.system.vmhost import RANGE_BASE, VmHost, leftovers
 from tests.unit.table_lookup import TableLookup, account
 
-CGROUP_V1 = Path("/sys/fs/cgroup")
+
+def group_left(name: str) -> list[Path]:
+    """The VM group's directories that still exist, in every hierarchy this host uses (v1 or
+    v2), found as the launcher finds them."""
+    return [d for d in VmCgroup(CgroupHost.detect(), name).directories() if d.exists()]
 
 
 # -- a broken plan, a refused layer -----------------------------------------------------------
@@ -42,17 +43,39 @@ def _without_net(plan: LayerPlan, cgroup: VmCgroup | None) -> Jail:
 def test_a_plan_the_process_does_not_meet_fails_the_launch_and_leaves_nothing() -> None:
     state = Path(tempfile.mkdtemp(prefix="qd", dir="/tmp")) / "s"
     lookup = TableLookup([account("xen-qemuuser-range-base", RANGE_BASE)])
-    launcher = Launcher(
-        settings=Settings(state_dir=state), lookup=lookup, store=StateStore(state),
-        probe=CapsProbe(), jail_for=_without_net,
-    )  # fmt: skip
+    launcher = system_launcher(Settings(state_dir=state), lookup=lookup, jail=_without_net)
     config = DomainConfig(name="broken", type="hvm", memory=64)
-    with pytest.raises(EnvironmentFailure, match="net_namespace: planned"):
+    with pytest.raises(LayerVerificationFailed, match="net_namespace: planned") as info:
         launcher.launch(LaunchRequest(config=config, domid=4))
+    assert [c["layer"] for c in info.value.failed] == ["net_namespace"]
     assert launcher.store.all() == []
     assert leftovers() == []
     assert list((state / "vms").iterdir()) == []
-    assert not (CGROUP_V1 / "pids/qemu-depriv/4-broken").exists()
+    assert group_left("4-broken") == []
+
+
+def test_a_failed_launch_whose_teardown_sees_a_survivor_keeps_the_lease() -> None:
+    """A process that ignores SIGKILL cannot be made; so the teardown's survivor check is given
+    a fake that reports one (the only fake here), and the failed launch must keep its lease:
+    the uid goes to no other VM while something of it may live."""
+    state = Path(tempfile.mkdtemp(prefix="qd", dir="/tmp")) / "s"
+    lookup = TableLookup([account("xen-qemuuser-range-base", RANGE_BASE)])
+    launcher = system_launcher(Settings(state_dir=state), lookup=lookup, jail=_without_net)
+    real = launcher.teardown
+
+    def survivor(uid: int) -> list[int]:
+        return [*real.live_pids(uid), 4194303]  # pid_max's last pid: no real process
+
+    launcher = replace(launcher, teardown=replace(real, live_pids=survivor))
+    config = DomainConfig(name="haunted", type="hvm", memory=64)
+    with pytest.raises(LayerVerificationFailed):
+        launcher.launch(LaunchRequest(config=config, domid=5))
+    (kept,) = launcher.store.all()
+    assert (kept.domid, kept.uid) == (5, RANGE_BASE + 5)
+    assert leftovers() == []  # QEMU itself was killed all the same
+    real.run(kept, timeout=0)  # the real check finds nothing left: the lease goes
+    assert launcher.store.all() == []
+    assert group_left("5-haunted") == []
 
 
 def _config(host: VmHost, text: str) -> Path:
@@ -68,7 +91,7 @@ def test_a_layer_the_kernel_refuses_fails_the_launch_and_leaves_nothing(vmhost: 
     assert len(done.stderr.strip().splitlines()) == 1
     assert vmhost.vms() == []
     assert leftovers() == []
-    assert not (CGROUP_V1 / "pids/qemu-depriv/1-web").exists()
+    assert group_left("1-web") == []
 
 
 def test_layers_switched_off_in_the_config_are_not_applied(vmhost: VmHost) -> None:
@@ -77,7 +100,7 @@ def test_layers_switched_off_in_the_config_are_not_applied(vmhost: VmHost) -> No
     assert code == 0, stderr
     assert Path(f"/proc/{vm['pid']}/ns/net").readlink() == Path("/proc/self/ns/net").readlink()
     cgroups = parse_cgroup(Path(f"/proc/{vm['pid']}/cgroup").read_bytes())
-    assert controller_path(cgroups, "pids") == "/"
+    assert not (controller_path(cgroups, "pids") or "").startswith("/qemu-depriv")
     assert "net_namespace" not in vm["verification"]["layers"]
     assert "cgroup" not in vm["verification"]["layers"]
 

@@ -262,6 +262,10 @@ def test_the_demo_resolves_every_tier_and_runs_three_vms_as_three_uids() -> None
     stopped = [e for e in out["vms"] if e["event"] == "Stopped"]
     assert [e["name"] for e in stopped] == ["web", "build", "db"]
     assert all(e["left"] == [] for e in stopped)
+    (supervised,) = [e for e in out["vms"] if e["event"] == "Supervised"]
+    assert supervised["command"][0] == "qemu-system-x86_64"
+    assert (supervised["tier"], supervised["exit_code"], supervised["left"]) == ("range", 0, [])
+    assert {"seccomp", "chroot", "pid_namespace", "cgroup"} <= set(supervised["verified"])
     # Every QEMU the demo started is gone (zombies awaiting PID 1 aside).
     for event in shown:
         status = Path(f"/proc/{event['pid']}/status")

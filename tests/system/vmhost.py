@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qemu_depriv.procs import live_pids_of_uid
-from qemu_depriv.scratch import FILES_ONLY, write_scratch_accounts
+from qemu_depriv.accounts.scratch import FILES_ONLY, write_scratch_accounts
+from qemu_depriv.host.procfs import live_pids_of_uid
 
 NSEXEC = Path(__file__).parent / "nsexec.py"
 #: Ids for launch tests: a range block of their own, away from the host's and the demo's.

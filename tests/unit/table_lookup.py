@@ -11,8 +11,8 @@ import errno
 from collections import Counter
 from dataclasses import dataclass, field
 
+from qemu_depriv.accounts.nss import Account, Group
 from qemu_depriv.errors import AccountLookupError
-from qemu_depriv.nss import Account, Group
 
 
 def account(

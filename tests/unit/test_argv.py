@@ -24,13 +24,14 @@ from pathlib import Path
 
 import pytest
 
-from qemu_depriv.domain import DomainConfig
+from qemu_depriv.accounts.chain import Decision, Tier
 from qemu_depriv.errors import EnvironmentFailure
-from qemu_depriv.policy import Decision, Tier
-from qemu_depriv.qemu.argv import VmPaths, runas_args, sandbox_args, standalone_argv
+from qemu_depriv.qemu.argv import runas_args, sandbox_args, standalone_argv
 from qemu_depriv.qemu.caps import QemuCaps, parse_caps
 from qemu_depriv.qemu.xen import xen_argv, xen_pv_argv
-from qemu_depriv.xlcfg import load_domain
+from qemu_depriv.vms.paths import VmPaths
+from qemu_depriv.xl.config import load_domain
+from qemu_depriv.xl.domain import DomainConfig
 
 GOLDEN = Path(__file__).parent / "golden"
 SAMPLES = Path(__file__).parent / "samples"
@@ -106,22 +107,28 @@ class Case:
 
 
 def standalone(caps: QemuCaps, decision: Decision, accel: str = "tcg") -> Callable[[], list[str]]:
-    return lambda: standalone_argv(caps, CONFIG, decision, PATHS, accel=accel)
+    return lambda: standalone_argv(
+        caps, CONFIG, decision, qmp=PATHS.qmp, chroot=PATHS.chroot, accel=accel
+    )
 
 
 def xen(caps: QemuCaps, decision: Decision, *, restrict: bool) -> Callable[[], list[str]]:
     xen_caps = replace(caps, binary="/usr/bin/qemu-system-i386")
-    return lambda: xen_argv(xen_caps, CONFIG, decision, PATHS, domid=7, restrict=restrict)
+    return lambda: xen_argv(
+        xen_caps, CONFIG, decision, qmp=PATHS.qmp, chroot=PATHS.chroot, domid=7, restrict=restrict
+    )
 
 
 def from_cfg(name: str, caps: QemuCaps, *, mode: str) -> Callable[[], list[str]]:
     def build() -> list[str]:
         config = load_domain(GOLDEN / f"{name}.cfg")
         if mode == "standalone":
-            return standalone_argv(caps, config, RANGE, PATHS)
+            return standalone_argv(caps, config, RANGE, qmp=PATHS.qmp, chroot=PATHS.chroot)
         builder = xen_argv if config.type == "hvm" else xen_pv_argv
         xen_caps = replace(caps, binary="/usr/bin/qemu-system-i386")
-        return builder(xen_caps, config, RANGE, PATHS, domid=7, restrict=True)
+        return builder(
+            xen_caps, config, RANGE, qmp=PATHS.qmp, chroot=PATHS.chroot, domid=7, restrict=True
+        )
 
     return build
 
@@ -174,7 +181,7 @@ def test_hand_built_7_2_caps_match_what_the_real_7_2_help_says() -> None:
         (SAMPLES / "qemu-7.2-help.txt").read_text(encoding="utf-8"),
         CAPS_7_2.version,
     )
-    assert parsed == CAPS_7_2
+    assert replace(parsed, options={}) == CAPS_7_2
 
 
 def test_hand_built_9_1_caps_match_what_a_9_1_help_says() -> None:
@@ -183,7 +190,7 @@ def test_hand_built_9_1_caps_match_what_a_9_1_help_says() -> None:
         (SAMPLES / "qemu-9.1-style-help.txt").read_text(encoding="utf-8"),
         CAPS_9_1.version,
     )
-    assert parsed == CAPS_9_1
+    assert replace(parsed, options={}) == CAPS_9_1
 
 
 # -- what every command line holds ------------------------------------------------------------
@@ -208,7 +215,7 @@ def test_every_command_line_starts_paused_with_qmp_in_the_run_directory(case: Ca
 def test_numeric_runas_refused_when_qemu_lacks_uid_gid_form() -> None:
     old = replace(CAPS_7_2, runas_numeric=False)
     with pytest.raises(EnvironmentFailure, match="numeric 131079:131072") as info:
-        standalone_argv(old, CONFIG, RANGE, PATHS)
+        standalone_argv(old, CONFIG, RANGE, qmp=PATHS.qmp, chroot=PATHS.chroot)
     assert info.value.exit_code == 4
 
 
@@ -229,19 +236,21 @@ def test_numeric_user_goes_through_run_with_even_without_runas_uid_gid_form() ->
 def test_qemu_that_cannot_drop_privileges_is_refused(decision: Decision) -> None:
     caps = replace(CAPS_NONE, chroot=True)
     with pytest.raises(EnvironmentFailure, match="neither -run-with user= nor -runas") as info:
-        standalone_argv(caps, CONFIG, decision, PATHS)
+        standalone_argv(caps, CONFIG, decision, qmp=PATHS.qmp, chroot=PATHS.chroot)
     assert info.value.exit_code == 4
 
 
 @pytest.mark.parametrize("decision", [RANGE, NAMED, ROOT], ids=["range", "named", "root"])
 def test_qemu_that_cannot_chroot_is_refused(decision: Decision) -> None:
     with pytest.raises(EnvironmentFailure, match="neither -run-with chroot= nor -chroot") as info:
-        standalone_argv(CAPS_NONE, CONFIG, decision, PATHS)
+        standalone_argv(CAPS_NONE, CONFIG, decision, qmp=PATHS.qmp, chroot=PATHS.chroot)
     assert info.value.exit_code == 4
 
 
 def test_root_decision_needs_no_run_as_option() -> None:
-    argv = standalone_argv(replace(CAPS_NONE, chroot=True), CONFIG, ROOT, PATHS)
+    argv = standalone_argv(
+        replace(CAPS_NONE, chroot=True), CONFIG, ROOT, qmp=PATHS.qmp, chroot=PATHS.chroot
+    )
     assert "-runas" not in argv
     assert "-run-with" not in argv
     assert argv[argv.index("-chroot") + 1] == str(PATHS.chroot)
@@ -250,13 +259,15 @@ def test_root_decision_needs_no_run_as_option() -> None:
 def test_restrict_refused_when_qemu_lacks_xen_domid_restrict() -> None:
     caps = replace(CAPS_7_2, xen_domid_restrict=False)
     with pytest.raises(EnvironmentFailure, match="no -xen-domid-restrict") as info:
-        xen_argv(caps, CONFIG, RANGE, PATHS, domid=7, restrict=True)
+        xen_argv(caps, CONFIG, RANGE, qmp=PATHS.qmp, chroot=PATHS.chroot, domid=7, restrict=True)
     assert info.value.exit_code == 4
 
 
 def test_without_restrict_a_qemu_lacking_xen_domid_restrict_is_accepted() -> None:
     caps = replace(CAPS_7_2, xen_domid_restrict=False)
-    argv = xen_argv(caps, CONFIG, RANGE, PATHS, domid=7, restrict=False)
+    argv = xen_argv(
+        caps, CONFIG, RANGE, qmp=PATHS.qmp, chroot=PATHS.chroot, domid=7, restrict=False
+    )
     assert "-xen-domid-restrict" not in argv
     assert argv[argv.index("-xen-domid") + 1] == "7"
 

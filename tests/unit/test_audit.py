@@ -7,9 +7,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from qemu_depriv.audit import CODES, Observed, Severity, findings_for, summary
-from qemu_depriv.inspect import Snapshot, parse_cgroup, parse_limits, parse_status
-from qemu_depriv.state import VmRecord
+from qemu_depriv.checks.audit import CODES, Observed, Severity, findings_for, summary
+from qemu_depriv.host.procfs import Snapshot, parse_cgroup, parse_limits, parse_status
+from qemu_depriv.vms.store import LeaseState, Mode, VmRecord
 
 SAMPLES = Path(__file__).parent / "samples"
 STATE = Path("/run/qemu-depriv")
@@ -33,7 +33,7 @@ def observed(pid: int = 100, *, ours: int | None = 1, **status: Any) -> Observed
 
 def record(domid: int = 1, pid: int = 100, uid: int = UID) -> VmRecord:
     return VmRecord(
-        domid=domid, name=f"vm{domid}", mode="standalone", state="running", owner_pid=1,
+        domid=domid, name=f"vm{domid}", mode=Mode.STANDALONE, state=LeaseState.RUNNING, owner_pid=1,
         owner_start=1, uid=uid, gid=JAILED.gids[1], tier="range", runas=None, kill_by_uid=True,
         decision=None, pid=pid, start_time=555, verification=None, layers=None,
         created=time.time(),
@@ -96,3 +96,40 @@ def test_worst_processes_come_first_and_every_code_has_a_fix() -> None:
     assert [a.observed.snap.pid for a in audited] == [5, 100]
     assert audited[0].worst == Severity.CRITICAL
     assert all(fix for _, fix in CODES.values())
+
+
+def message(entry: Observed, code: str) -> str:
+    (audited,) = findings_for([entry], [record()], state_dir=STATE, host_namespaces=HOST_NS)
+    return next(f.message for f in audited.findings if f.code == code)
+
+
+def test_no_limits_names_only_the_limit_that_is_missing() -> None:
+    """libvirt's QEMUs: core dumps off and memory capped, but no task limit."""
+    libvirt_like = replace(observed(), memory_limited=True, pids_limited=False)
+    assert message(libvirt_like, "no-limits").startswith("pid 100 has no cgroup task limit:")
+    both = replace(observed(), memory_limited=False, pids_limited=False)
+    assert "no cgroup memory limit, no cgroup task limit:" in message(both, "no-limits")
+    cores = replace(observed(), snap=replace(observed().snap, limits={"core": (-1, -1)}))
+    text = message(cores, "no-limits")
+    assert "core dumps allowed (RLIMIT_CORE unlimited)" in text
+    assert "memory" not in text.split(":")[0]
+
+
+def test_a_qemu_without_a_network_device_should_have_its_own_network_namespace() -> None:
+    snap = replace(observed().snap, namespaces={**observed().snap.namespaces, "net": "net:[4]"})
+    offline = replace(observed(), snap=snap)
+    assert "shares the host's net namespaces" in message(offline, "no-namespaces")
+    online = replace(offline, cmdline=(*offline.cmdline, "-netdev", "tap,id=n0,fd=3"))
+    (audited,) = findings_for([online], [record()], state_dir=STATE, host_namespaces=HOST_NS)
+    assert "no-namespaces" not in [f.code for f in audited.findings]
+
+
+def test_each_check_names_what_it_saw() -> None:
+    root = observed(uids=(0, 0, 0, 0), seccomp=0, ours=None)
+    bare = replace(root, snap=replace(root.snap, root="/", namespaces=HOST_NS))
+    (audited,) = findings_for([bare], [], state_dir=STATE, host_namespaces=HOST_NS)
+    messages = {f.code: f.message for f in audited.findings}
+    assert messages["uid-root"].startswith("pid 100 runs with uid 0 (uids [0, 0, 0, 0])")
+    assert messages["no-seccomp"].startswith("pid 100 has no seccomp filter")
+    assert messages["no-chroot"].startswith("pid 100 sees the host's whole filesystem")
+    assert "shares the host's mnt, ipc, pid, net namespaces" in messages["no-namespaces"]

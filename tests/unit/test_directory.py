@@ -10,10 +10,10 @@ import errno
 
 import pytest
 
-from qemu_depriv.directory import VerifiedLookup
+from qemu_depriv.accounts.chain import ChainLookupError, Request, Tier, resolve
+from qemu_depriv.accounts.nsswitch import parse_nsswitch
+from qemu_depriv.accounts.verified import VerifiedLookup
 from qemu_depriv.errors import AccountLookupError, PolicyRefusal
-from qemu_depriv.nsswitch import parse_nsswitch
-from qemu_depriv.policy import Request, Tier, resolve
 from tests.unit.table_lookup import TableLookup, account
 
 P = "xen-qemuuser"
@@ -41,7 +41,7 @@ def verified(
 
 
 def test_not_found_from_an_offline_sssd_aborts_instead_of_falling_to_shared() -> None:
-    with pytest.raises(AccountLookupError, match="was not found, but SSSD reports") as info:
+    with pytest.raises(ChainLookupError, match="was not found, but SSSD reports") as info:
         resolve(Request(5, name="web"), verified("passwd: files sss\n", Sssd(online=False)))
     assert info.value.tried[-1].tier == Tier.NAME
     assert info.value.errno == errno.EHOSTUNREACH

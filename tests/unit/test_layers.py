@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
-from qemu_depriv.cgroups import group_name
-from qemu_depriv.domain import DomainConfig
+from qemu_depriv.accounts.chain import Decision, Tier
 from qemu_depriv.errors import EnvironmentFailure
-from qemu_depriv.inspect import (
+from qemu_depriv.host.procfs import (
     UNLIMITED,
     ProcStatus,
     Snapshot,
@@ -19,19 +18,21 @@ from qemu_depriv.inspect import (
     parse_limits,
     parse_status,
 )
-from qemu_depriv.layers import (
+from qemu_depriv.isolation.cgroups import controller_path, group_name
+from qemu_depriv.isolation.layers import (
     XEN_FSIZE,
     LayerPlan,
+    VmShape,
     check_layers,
-    controller_path,
     needs_network,
     plan_layers,
     verification,
 )
-from qemu_depriv.policy import Decision, Tier
-from qemu_depriv.qemu.argv import vm_paths
 from qemu_depriv.settings import LayerSettings
-from qemu_depriv.xldevices import parse_disk, parse_vif
+from qemu_depriv.vms.paths import vm_paths
+from qemu_depriv.xl.disks import parse_disk
+from qemu_depriv.xl.domain import DomainConfig
+from qemu_depriv.xl.nics import parse_vif
 
 SAMPLES = Path(__file__).parent / "samples"
 UID, GID = 131073, 131072
@@ -47,9 +48,11 @@ CGROUP_LIMITS = {"memory": (64 + 256) << 20, "pids": 256, "cpu": 100}
 
 
 def plan(settings: LayerSettings | None = None, **kwargs: Any) -> LayerPlan:
+    mode = kwargs.get("mode", "standalone")
     return plan_layers(
-        settings or LayerSettings(), kwargs.pop("config", CONFIG), kwargs.pop("decision", RANGE),
-        PATHS, mode=kwargs.pop("mode", "standalone"), domid=1,
+        settings or LayerSettings(), VmShape.of(kwargs.pop("config", CONFIG), mode),
+        kwargs.pop("decision", RANGE),
+        mode=kwargs.pop("mode", "standalone"), domid=1, log=PATHS.log, chroot=PATHS.chroot,
     )  # fmt: skip
 
 

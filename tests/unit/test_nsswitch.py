@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from qemu_depriv.nsswitch import SourceKind, parse_nsswitch, read_nsswitch, source_kind
+from qemu_depriv.accounts.nsswitch import SourceKind, parse_nsswitch, read_nsswitch, source_kind
 
 DEBIAN_SSSD = """\
 # /etc/nsswitch.conf

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from qemu_depriv.domain import DomainConfig
 from qemu_depriv.errors import InvalidInput, PolicyRefusal
 from qemu_depriv.qemu.argv import guard_extra_args
 from qemu_depriv.qemu.xen import device_model_need
-from qemu_depriv.xlcfg import domain_config, parse_xlcfg
+from qemu_depriv.xl.config import domain_config
+from qemu_depriv.xl.domain import DomainConfig
+from qemu_depriv.xl.syntax import parse_xlcfg
 
 
 def config(text: str) -> DomainConfig:

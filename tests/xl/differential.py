@@ -5,7 +5,7 @@ aborted), every key's value, whether it was set with ``+=``, the number ``xlu_cf
 reads from it, and, for the keys the product uses, the value ``domain_config`` takes against
 the one xl's option code (tools/xl/xl_parse.c, Xen 4.17) takes.  A disagreement is allowed only
 where a row of the admin guide's table explains it, which the refusal names with the row's
-phrase from ``qemu_depriv.xlcfg.DIFFERENCES``; any other fails, naming the file, the key and
+phrase from ``qemu_depriv.xl.config.DIFFERENCES``; any other fails, naming the file, the key and
 both values.
 """
 
@@ -19,17 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from qemu_depriv.domain import DomainConfig
 from qemu_depriv.errors import InvalidInput
-from qemu_depriv.xlcfg import (
-    DIFFERENCES,
-    Setting,
-    Value,
-    XlNumberError,
-    domain_config,
-    parse_xlcfg_bytes,
-    xl_long,
-)
+from qemu_depriv.xl.config import XlNumberError, domain_config, xl_long
+from qemu_depriv.xl.domain import DomainConfig
+from qemu_depriv.xl.syntax import DIFFERENCES, Setting, Value, parse_xlcfg_bytes
 
 #: A value as bytes, the way libxlutil holds it.
 Raw: TypeAlias = bytes | tuple["Raw", ...]

@@ -17,13 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from qemu_depriv.errors import InvalidInput
-from qemu_depriv.xldevices import (
-    DISK_DIFFERENCES,
-    Disk,
-    disk_number,
-    libxl_backend,
-    parse_disk,
-)
+from qemu_depriv.xl.disks import DISK_DIFFERENCES, Disk, disk_number, libxl_backend, parse_disk
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,9 @@ from pathlib import Path
 import pytest
 
 from qemu_depriv.errors import InvalidInput
-from qemu_depriv.xlcfg import (
-    DIFFERENCES,
-    MAX_CONFIG_BYTES,
-    domain_config,
-    parse_xlcfg_bytes,
-    read_xlcfg,
-)
-from qemu_depriv.xldevices import DISK_DIFFERENCES, parse_disk
+from qemu_depriv.xl.config import domain_config
+from qemu_depriv.xl.disks import DISK_DIFFERENCES, parse_disk
+from qemu_depriv.xl.syntax import DIFFERENCES, MAX_CONFIG_BYTES, parse_xlcfg_bytes, read_xlcfg
 from tests.xl.conftest import DiskLibxlutil, Libxlutil
 
 NAME = b'name = "web"\n'

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from qemu_depriv.errors import InvalidInput
-from qemu_depriv.xlcfg import DIFFERENCES, parse_xlcfg_bytes
-from qemu_depriv.xldevices import DISK_DIFFERENCES
-from tests.unit.test_xlcfg import CORPUS
+from qemu_depriv.xl.disks import DISK_DIFFERENCES
+from qemu_depriv.xl.syntax import DIFFERENCES, parse_xlcfg_bytes
+from tests.unit.test_xl_syntax import CORPUS
 from tests.xl.conftest import Libxlutil
 from tests.xl.differential import KEY_ROWS
 from tests.xl.strategies import xlcfg_files

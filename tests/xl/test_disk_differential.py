@@ -12,7 +12,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 
 from qemu_depriv.errors import InvalidInput
-from qemu_depriv.xlcfg import parse_xlcfg_bytes
+from qemu_depriv.xl.syntax import parse_xlcfg_bytes
 from tests.xl.conftest import DiskLibxlutil
 from tests.xl.disk_strategies import diskspecs
 from tests.xl.test_differential import OURS, examples

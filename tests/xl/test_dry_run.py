@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from qemu_depriv.xlcfg import load_domain
+from qemu_depriv.xl.config import load_domain
 
 CORPUS = Path(__file__).parent / "corpus"
 

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 from qemu_depriv.cli.context import Commands, Context
 from qemu_depriv.cli.output import emit_json
-from qemu_depriv.errors import EnvironmentFailure, InvalidInput
+from qemu_depriv.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from qemu_depriv.audit import Audited
+    from qemu_depriv.checks.audit import Audited
 
 WIDTH = 80
 
@@ -30,15 +30,17 @@ def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, context: Context) -> int:
     """Audit, print, export; exit 1 when any finding is a warning or worse."""
-    from qemu_depriv.audit import audit_host, summary
-    from qemu_depriv.nss import LibcLookup
+    from qemu_depriv.accounts.nss import LibcLookup
+    from qemu_depriv.checks.audit import audit_host, summary
+    from qemu_depriv.checks.prometheus import write_metrics
 
     if args.prometheus is not None:
         _check_target(args.prometheus)
-    audited = audit_host(context.settings.state_dir, LibcLookup())
+    lookup = LibcLookup(timeout=context.settings.lookup_timeout)
+    audited = audit_host(context.settings.state_dir, lookup)
     report = summary(audited)
     if args.prometheus is not None:
-        _export(args.prometheus, audited, report)
+        write_metrics(args.prometheus, audited, report)
     if context.as_json:
         emit_json({"processes": [a.as_dict() for a in audited], "summary": report})
     else:
@@ -76,38 +78,3 @@ def _where(entry: Audited) -> str:
     snap = entry.observed.snap
     who = entry.vm or entry.observed.user or "-"
     return f"{snap.pid:>7} {snap.status.uids[1]:>10}  {who}"
-
-
-def _export(path: Path, audited: list[Audited], report: dict[str, object]) -> None:
-    """Node-exporter textfile format, written atomically by prometheus_client."""
-    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
-
-    from qemu_depriv.audit import CODES
-
-    registry = CollectorRegistry()
-    models = Gauge(
-        "qemu_depriv_device_models", "QEMU processes on the host", ["ours"], registry=registry
-    )
-    models.labels(ours="true").set(sum(a.ours for a in audited))
-    models.labels(ours="false").set(sum(not a.ours for a in audited))
-    findings = Gauge(
-        "qemu_depriv_findings", "Audit findings by code", ["code", "severity"], registry=registry
-    )
-    for code, (severity, _) in CODES.items():
-        count = sum(f.code == code for a in audited for f in a.findings)
-        findings.labels(code=code, severity=str(severity)).set(count)
-    root = Gauge(
-        "qemu_depriv_device_models_as_root", "QEMU processes with a uid of 0", registry=registry
-    )
-    root.set(sum(0 in a.observed.snap.status.uids for a in audited))
-    ok = Gauge("qemu_depriv_audit_ok", "1 when no finding is a warning or worse", registry=registry)
-    ok.set(1 if report["ok"] else 0)
-    when = Gauge("qemu_depriv_audit_timestamp_seconds", "When the audit ran", registry=registry)
-    when.set_to_current_time()
-    try:
-        write_to_textfile(str(path), registry)
-    except OSError as exc:
-        raise EnvironmentFailure(
-            f"--prometheus {path}: cannot write it: {exc.strerror}: check the directory's "
-            "permissions and free space"
-        ) from exc

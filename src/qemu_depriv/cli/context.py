@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from qemu_depriv.settings import Settings
 
-if TYPE_CHECKING:
-    from qemu_depriv.launcher import Launcher
+if TYPE_CHECKING:  # each command imports its machinery when it runs: start-up is in every launch
+    from qemu_depriv.accounts.verified import VerifiedLookup
+    from qemu_depriv.vms.launcher import Launcher
 
 #: The object ``add_subparsers`` returns, which each subcommand module registers with.
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -23,17 +24,13 @@ class Context:
     as_json: bool
 
     def launcher(self) -> Launcher:
-        """A launcher wired to the real system: libc NSS, the state store, the probe."""
-        from qemu_depriv.directory import system_lookup
-        from qemu_depriv.launcher import Launcher, kvm_works
-        from qemu_depriv.qemu.caps import CapsProbe
-        from qemu_depriv.state import StateStore
+        """A launcher (and its teardown) wired to this host, as every command builds it."""
+        from qemu_depriv.vms.launcher import system_launcher
 
-        state_dir = self.settings.state_dir
-        return Launcher(
-            settings=self.settings,
-            lookup=system_lookup(self.settings),
-            store=StateStore(state_dir, busy_timeout=self.settings.lock_timeout),
-            probe=CapsProbe(cache_file=state_dir / "caps.json"),
-            kvm_works=kvm_works,
-        )
+        return system_launcher(self.settings)
+
+    def lookup(self) -> VerifiedLookup:
+        """Account lookups through this host's NSS, with the settings' deadline."""
+        from qemu_depriv.accounts.verified import system_lookup
+
+        return system_lookup(self.settings.lookup_timeout, self.settings.sources_without_accounts)

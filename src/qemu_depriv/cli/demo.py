@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import textwrap
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from qemu_depriv.cli.context import Commands, Context
@@ -49,7 +50,7 @@ def _print_scenario(result: Result) -> None:
 
 
 def _print_event(event: Event) -> None:
-    from qemu_depriv.demo import Escapee, Refused, Stopped, VmShown
+    from qemu_depriv.demo import Escapee, Refused, Stopped, Supervised, VmShown
 
     if isinstance(event, VmShown):
         print(
@@ -78,31 +79,55 @@ def _print_event(event: Event) -> None:
         )
     elif isinstance(event, Stopped):
         print(f"{event.name}: stopped; live processes of uid {event.uid}: {list(event.left)}")
+    elif isinstance(event, Supervised):
+        print(
+            f"qemu-depriv run -- {' '.join(event.command)}\n"
+            f"  {event.name}: QEMU pid {event.pid} as uid {event.uid} (tier {event.tier}), "
+            f"{len(event.verified)} layers verified, supervised in the foreground\n"
+            f"  SIGTERM to the supervisor: exit {event.exit_code}; live processes of uid "
+            f"{event.uid}: {list(event.left)}"
+        )
 
 
 def run(_args: argparse.Namespace, context: Context) -> int:
     """Run the resolution scenarios, then the VM walkthrough, printing each step."""
-    from qemu_depriv.demo import demo_host, demo_launcher, resolution_scenarios, vm_walkthrough
-    from qemu_depriv.directory import system_lookup
+    from qemu_depriv.demo import (
+        demo_host,
+        resolution_scenarios,
+        supervised_walkthrough,
+        vm_walkthrough,
+    )
+    from qemu_depriv.settings import Settings
+    from qemu_depriv.vms.launcher import system_launcher
 
     scenarios: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
-    with demo_host() as state_dir:
+
+    def say(*lines: str) -> None:
         if not context.as_json:
-            print("Part 1: resolving domains against temporary accounts (real NSS, private")
-            print("mount namespace; the host's /etc/passwd and /etc/group are not touched).\n")
-        for result in resolution_scenarios(system_lookup(context.settings)):
-            if context.as_json:
-                scenarios.append(_scenario_json(result))
-            else:
-                _print_scenario(result)
-        if not context.as_json:
-            print("Part 2: three real VMs (QEMU, TCG, 64 MiB, no disk), each as its own account.\n")
-        for event in vm_walkthrough(demo_launcher(state_dir)):
+            print("\n".join(lines))
+
+    def show(walk: Iterator[Event]) -> None:
+        for event in walk:
             if context.as_json:
                 events.append({"event": type(event).__name__, **dataclasses.asdict(event)})
             else:
                 _print_event(event)
+
+    with demo_host() as state_dir:
+        say(
+            "Part 1: resolving domains against temporary accounts (real NSS, private",
+            "mount namespace; the host's /etc/passwd and /etc/group are not touched).\n",
+        )
+        for result in resolution_scenarios(context.lookup()):
+            if context.as_json:
+                scenarios.append(_scenario_json(result))
+            else:
+                _print_scenario(result)
+        say("Part 2: three real VMs (QEMU, TCG, 64 MiB, no disk), each as its own account.\n")
+        show(vm_walkthrough(system_launcher(Settings(state_dir=state_dir))))
+        say("\nPart 3: a QEMU command line someone already has, run as it is, supervised.\n")
+        show(supervised_walkthrough(state_dir))
     if context.as_json:
         emit_json({"scenarios": scenarios, "vms": events})
     else:

@@ -17,7 +17,18 @@ from pathlib import Path
 from typing import NoReturn
 
 from qemu_depriv import __version__
-from qemu_depriv.cli import audit, demo, hostsetup, resolve, vms
+from qemu_depriv.cli import (
+    audit,
+    demo,
+    doctor,
+    launch,
+    provision,
+    recover,
+    resolve,
+    run,
+    stop,
+)
+from qemu_depriv.cli import list as listing
 from qemu_depriv.cli.context import Context
 from qemu_depriv.cli.output import report_error
 from qemu_depriv.errors import InvalidInput, QemuDeprivError
@@ -26,9 +37,11 @@ from qemu_depriv.settings import load_settings
 log = logging.getLogger("qemu_depriv")
 
 PROG = "qemu-depriv"
+#: The settings file qemu-depriv-dm reads when set.
+CONFIG_VARIABLE = "QEMU_DEPRIV_CONFIG"
 #: The exit status of a process killed by SIGPIPE, as a shell reports it.
 EXIT_BROKEN_PIPE = 128 + 13
-SUBCOMMANDS = (resolve, vms, audit, hostsetup, demo)
+SUBCOMMANDS = (resolve, launch, run, stop, listing, recover, audit, provision, doctor, demo)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -146,6 +159,19 @@ def _main(argv: Sequence[str] | None) -> int:
         )
         return 4
     return code
+
+
+def dm_main() -> int:
+    """``qemu-depriv-dm``: libxl's device model, named in ``device_model_override``.
+
+    libxl runs it with the whole device-model command line it built, and its own path as
+    ``argv[0]``: the real QEMU is the settings' ``xen_qemu``, and the settings file is
+    ``$QEMU_DEPRIV_CONFIG`` when set (libxl passes no options of ours, but the environment),
+    else ``/etc/qemu-depriv.toml``.
+    """
+    config = os.environ.get(CONFIG_VARIABLE)
+    options = ["--config", config] if config else []
+    return main([*options, "run", "--xen", "--", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

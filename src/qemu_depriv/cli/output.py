@@ -6,8 +6,8 @@ import json
 import sys
 from typing import Any
 
+from qemu_depriv.accounts.chain import Decision
 from qemu_depriv.errors import QemuDeprivError
-from qemu_depriv.policy import Decision
 
 
 def emit_json(data: Any) -> None:
@@ -27,8 +27,7 @@ def report_error(exc: QemuDeprivError, *, as_json: bool) -> None:
     print(f"qemu-depriv: error: {message}", file=sys.stderr)
     if as_json:
         error: dict[str, Any] = {"kind": exc.kind, "message": message}
-        if exc.tried:
-            error["tried"] = [attempt.as_dict() for attempt in exc.tried]
+        error.update(exc.details())
         emit_json({"error": error})
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from qemu_depriv.accounts.chain import Request, resolve
+from qemu_depriv.accounts.names import validate_user_name
 from qemu_depriv.cli.context import Commands, Context
 from qemu_depriv.cli.output import describe_decision, emit_json, warn
-from qemu_depriv.directory import system_lookup
-from qemu_depriv.domain import validate_domain_name, validate_domid, validate_user_name
-from qemu_depriv.policy import Request, resolve
+from qemu_depriv.xl.domain import validate_domain_name, validate_domid
 
 
 def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace, context: Context) -> int:
         restrict=context.settings.restrict if args.restrict is None else args.restrict,
         prefix=context.settings.prefix,
     )
-    decision = resolve(request, system_lookup(context.settings))
+    decision = resolve(request, context.lookup())
     for warning in decision.warnings:
         warn(warning)
     if context.as_json:

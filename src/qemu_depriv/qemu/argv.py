@@ -16,12 +16,10 @@ Golden files in tests/unit/golden/ fix the output; regenerate them with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from qemu_depriv.domain import DomainConfig
+from qemu_depriv.accounts.chain import Decision
 from qemu_depriv.errors import EnvironmentFailure, InvalidInput, PolicyRefusal
-from qemu_depriv.policy import Decision
 from qemu_depriv.qemu.caps import QemuCaps
 from qemu_depriv.qemu.devices import (
     disk_args,
@@ -31,29 +29,7 @@ from qemu_depriv.qemu.devices import (
     vga_args,
     vnc_address,
 )
-
-
-@dataclass(frozen=True)
-class VmPaths:
-    """Where one VM's files live: its run directory, QMP socket, QEMU log and chroot."""
-
-    run_dir: Path
-    chroot: Path
-
-    @property
-    def qmp(self) -> Path:
-        """The QMP socket QEMU listens on."""
-        return self.run_dir / "qmp.sock"
-
-    @property
-    def log(self) -> Path:
-        """QEMU's stderr."""
-        return self.run_dir / "qemu.log"
-
-
-def vm_paths(state_dir: Path, domid: int) -> VmPaths:
-    """Where VM ``domid``'s files live under the state directory."""
-    return VmPaths(run_dir=state_dir / "vms" / str(domid), chroot=state_dir / "chroot" / str(domid))
+from qemu_depriv.xl.domain import DomainConfig
 
 
 def sandbox_args(caps: QemuCaps, decision: Decision) -> list[str]:
@@ -115,8 +91,9 @@ def runas_args(caps: QemuCaps, decision: Decision, chroot: Path | None) -> list[
     return (["-run-with", ",".join(run_with)] if run_with else []) + args
 
 
-def _qmp(paths: VmPaths) -> list[str]:
-    return ["-qmp", f"unix:{paths.qmp},server=on,wait=off"]
+def qmp_args(socket: Path) -> list[str]:
+    """QMP on a unix socket that QEMU makes and listens on, without waiting for a client."""
+    return ["-qmp", f"unix:{socket},server=on,wait=off"]
 
 
 #: Options that would undo the deprivileging if device_model_args could add them.
@@ -150,14 +127,16 @@ def standalone_argv(
     caps: QemuCaps,
     config: DomainConfig,
     decision: Decision,
-    paths: VmPaths,
     *,
+    qmp: Path,
+    chroot: Path | None,
     accel: str = "tcg",
     restrict: bool = True,
-    chroot: bool = True,
     seccomp: bool = True,
 ) -> list[str]:
     """QEMU runs the VM itself: a PC with TCG (or KVM), no default devices, no display.
+
+    ``qmp`` is the socket QEMU listens on; ``chroot`` its empty root (None: the layer is off).
 
     The config's display, graphics, serial ports, boot order and disks are emulated as in
     Xen mode; its vifs are not (see :func:`standalone_warnings`).
@@ -195,11 +174,11 @@ def standalone_argv(
         *(["-boot", f"order={config.boot}"] if config.boot else []),
         *disks,
         "-S",
-        *_qmp(paths),
+        *qmp_args(qmp),
         *config.device_model_args,
         *config.device_model_args_hvm,
         *(sandbox_args(caps, decision) if seccomp else []),
-        *runas_args(caps, decision, paths.chroot if chroot else None),
+        *runas_args(caps, decision, chroot),
     ]  # fmt: skip
 
 

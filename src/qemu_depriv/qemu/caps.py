@@ -17,15 +17,17 @@ time) in a JSON file in the state directory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from qemu_depriv.errors import EnvironmentFailure
-from qemu_depriv.process import run_command
+from qemu_depriv.host.programs import run_command
+from qemu_depriv.qemu.cmdline import option_table
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,9 @@ class QemuCaps:
     sandbox_options: tuple[str, ...]
     xen: bool
     xen_domid_restrict: bool
+    #: Every option the binary lists, and whether it takes an argument: how ``run`` reads a
+    #: command line written for it.
+    options: dict[str, bool] = field(default_factory=dict)
 
     @property
     def runas_method(self) -> str | None:
@@ -77,6 +82,7 @@ def parse_caps(binary: str, help_text: str, version_text: str) -> QemuCaps:
         sandbox_options=tuple(sorted(set(re.findall(r"\[,?(\w+)=", sandbox or "")))),
         xen=_option_block(help_text, "-xen-domid") is not None,
         xen_domid_restrict=_option_block(help_text, "-xen-domid-restrict") is not None,
+        options=option_table(help_text),
     )
 
 
@@ -127,7 +133,13 @@ class CapsProbe:
             return {}
         try:
             data = json.loads(self._cache_file.read_text(encoding="utf-8"))
-            return {path: (entry["key"], _caps_from(entry["caps"])) for path, entry in data.items()}
+            # An entry written before a field existed is probed again, not half-read.
+            fields = {f.name for f in dataclasses.fields(QemuCaps)}
+            return {
+                path: (entry["key"], _caps_from(entry["caps"]))
+                for path, entry in data.items()
+                if set(entry["caps"]) == fields
+            }
         except (OSError, ValueError, KeyError, TypeError):
             return {}
 

@@ -21,9 +21,10 @@ Values placed inside an option are escaped the QEMU way (a comma doubled).
 
 from __future__ import annotations
 
-from qemu_depriv.domain import DomainConfig
 from qemu_depriv.errors import InvalidInput
-from qemu_depriv.xldevices import Disk, derived_mac, disk_number, libxl_backend
+from qemu_depriv.xl.disks import Disk, disk_number, libxl_backend
+from qemu_depriv.xl.domain import DomainConfig
+from qemu_depriv.xl.nics import derived_mac
 
 IDE_SLOTS = 4
 

@@ -13,10 +13,11 @@ chroot for PV device models too (libxl drops privileges for HVM only).
 
 from __future__ import annotations
 
-from qemu_depriv.domain import DomainConfig
+from pathlib import Path
+
+from qemu_depriv.accounts.chain import Decision
 from qemu_depriv.errors import EnvironmentFailure
-from qemu_depriv.policy import Decision
-from qemu_depriv.qemu.argv import VmPaths, guard_extra_args, runas_args, sandbox_args
+from qemu_depriv.qemu.argv import guard_extra_args, runas_args, sandbox_args
 from qemu_depriv.qemu.caps import QemuCaps
 from qemu_depriv.qemu.devices import (
     disk_args,
@@ -28,9 +29,10 @@ from qemu_depriv.qemu.devices import (
     vga_args,
     vnc_address,
 )
+from qemu_depriv.xl.domain import DomainConfig
 
 
-def _head(caps: QemuCaps, paths: VmPaths, domid: int) -> list[str]:
+def _head(caps: QemuCaps, qmp: Path, domid: int) -> list[str]:
     """What every Xen device model starts with.
 
     The domain, QMP (libxl's control chardev and monitor), paused, no default devices, no user
@@ -40,7 +42,7 @@ def _head(caps: QemuCaps, paths: VmPaths, domid: int) -> list[str]:
         caps.binary,
         "-xen-domid", str(domid),
         "-no-shutdown",
-        "-chardev", f"socket,id=libxl-cmd,path={paths.qmp},server=on,wait=off",
+        "-chardev", f"socket,id=libxl-cmd,path={qmp},server=on,wait=off",
         "-mon", "chardev=libxl-cmd,mode=control",
         "-S",
         "-nodefaults",
@@ -63,11 +65,11 @@ def xen_argv(
     caps: QemuCaps,
     config: DomainConfig,
     decision: Decision,
-    paths: VmPaths,
     *,
     domid: int,
+    qmp: Path,
+    chroot: Path | None,
     restrict: bool,
-    chroot: bool = True,
     seccomp: bool = True,
 ) -> list[str]:
     """The device model of a Xen HVM domain, in libxl's order.
@@ -83,7 +85,7 @@ def xen_argv(
     disks, _ = disk_args(config)
     smp = ["-smp", f"{config.vcpus},maxcpus={config.max_vcpus}"] if config.max_vcpus > 1 else []
     return [
-        *_head(caps, paths, domid),
+        *_head(caps, qmp, domid),
         "-name", escape(config.name),
         "-vnc", vnc_address(config) if vnc_on else "none",
         "-display", "none",
@@ -101,7 +103,7 @@ def xen_argv(
         "-m", str(config.max_memory - config.video_memory),
         *disks,
         *(sandbox_args(caps, decision) if seccomp else []),
-        *runas_args(caps, decision, paths.chroot if chroot else None),
+        *runas_args(caps, decision, chroot),
     ]  # fmt: skip
 
 
@@ -123,11 +125,11 @@ def xen_pv_argv(
     caps: QemuCaps,
     config: DomainConfig,
     decision: Decision,
-    paths: VmPaths,
     *,
     domid: int,
+    qmp: Path,
+    chroot: Path | None,
     restrict: bool,
-    chroot: bool = True,
     seccomp: bool = True,
 ) -> list[str]:
     """The device model of a PV or PVH domain that needs one (a qdisk, vfb, 9pfs ... backend).
@@ -139,7 +141,7 @@ def xen_pv_argv(
     vnc = _pv_vnc(config)
     display = ["-vnc", vnc] if vnc else ([] if config.sdl else ["-nographic"])
     return [
-        *_head(caps, paths, domid),
+        *_head(caps, qmp, domid),
         "-xen-attach",
         "-name", escape(config.name),
         *display,
@@ -149,7 +151,7 @@ def xen_pv_argv(
         "-machine", "xenpv",
         "-m", str(config.max_memory),
         *(sandbox_args(caps, decision) if seccomp else []),
-        *runas_args(caps, decision, paths.chroot if chroot else None),
+        *runas_args(caps, decision, chroot),
     ]  # fmt: skip
 
 

@@ -1,0 +1,369 @@
+"""Host-wide audit: every QEMU process, ours or not, and what isolation each lacks.
+
+Processes are found by their executable (``/proc/PID/exe`` named ``qemu-system-*``,
+``qemu-kvm`` or ``qemu-dm``), not by a name a process can choose.  Each is read with the
+launcher's own snapshot (:func:`qemu_depriv.host.procfs.snapshot`), matched to the state
+store, and given findings, each with a stable code, a severity and a fix, from one small check
+per code (:data:`CHECKS`) whose message names only what it saw missing.  The findings are a
+pure function of the snapshots, the accounts and the records (:func:`findings_for`).
+
+A process is *ours* when its command line names a run directory of the state directory; it
+must then match its record (pid, start time, uid), or the finding is ``lease-mismatch``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from qemu_depriv.accounts.nss import AccountLookup
+from qemu_depriv.accounts.provision import NOLOGIN_SHELLS
+from qemu_depriv.errors import AccountLookupError
+from qemu_depriv.host.procfs import (
+    NAMESPACES,
+    UNLIMITED,
+    Snapshot,
+    cmdline,
+    own_namespaces,
+    qemu_pids,
+    snapshot,
+    start_time,
+)
+from qemu_depriv.isolation.cgroups import CgroupHost, controller_path
+from qemu_depriv.qemu.cmdline import network_facing, rough_options
+from qemu_depriv.vms.paths import claimed_domid
+from qemu_depriv.vms.store import StateStore, VmRecord
+
+
+class Severity(IntEnum):
+    """How bad a finding is; the exit code is 1 from ``warning`` up."""
+
+    INFO = 0
+    WARNING = 1
+    CRITICAL = 2
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+#: Every finding: its severity and the fix its message ends with.
+CODES: dict[str, tuple[Severity, str]] = {
+    "uid-root": (Severity.CRITICAL, "run it with -runas (qemu-depriv launch does)"),
+    "caps": (Severity.CRITICAL, "drop its capabilities: run it as an unprivileged account"),
+    "uid-human": (
+        Severity.CRITICAL,
+        "run it as a device-model account with a nologin shell (qemu-depriv provision range)",
+    ),
+    "lease-mismatch": (
+        Severity.CRITICAL,
+        "the state store and the process disagree: stop it, then run qemu-depriv list",
+    ),
+    "uid-shared": (
+        Severity.WARNING,
+        "give each device model its own uid (the range tier does so with one account)",
+    ),
+    "no-seccomp": (Severity.WARNING, "start it with -sandbox on"),
+    "no-chroot": (Severity.WARNING, "start it with -chroot EMPTYDIR (or -run-with chroot=)"),
+    "no-namespaces": (Severity.WARNING, "start it in its own mount, IPC and PID namespaces"),
+    "no-limits": (
+        Severity.WARNING,
+        "limit its memory and tasks with a cgroup and set RLIMIT_CORE to 0",
+    ),
+    "not-ours": (Severity.INFO, "not started by qemu-depriv; launch it with qemu-depriv"),
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem of one process."""
+
+    code: str
+    message: str
+
+    @property
+    def severity(self) -> Severity:
+        """The code's severity."""
+        return CODES[self.code][0]
+
+    def as_dict(self) -> dict[str, str]:
+        """The JSON form."""
+        return {"code": self.code, "severity": str(self.severity), "message": self.message}
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A QEMU process as the audit sees it: its snapshot and what surrounds it."""
+
+    snap: Snapshot
+    start: int
+    cmdline: tuple[str, ...]
+    user: str | None = None
+    shell: str | None = None
+    memory_limited: bool = False
+    pids_limited: bool = False
+
+
+@dataclass(frozen=True)
+class Audited:
+    """One process with its match in the store and its findings."""
+
+    observed: Observed
+    vm: str | None
+    ours: bool
+    findings: tuple[Finding, ...] = field(default=())
+
+    @property
+    def worst(self) -> Severity:
+        """The most severe finding (INFO when none)."""
+        return max((f.severity for f in self.findings), default=Severity.INFO)
+
+    def layers(self) -> dict[str, Any]:
+        """The observed layers, for the JSON report."""
+        snap = self.observed.snap
+        status = snap.status
+        return {
+            "uids": list(status.uids),
+            "gids": list(status.gids),
+            "groups": list(status.groups),
+            "cap_eff": f"{status.cap_eff:016x}",
+            "no_new_privs": status.no_new_privs,
+            "seccomp": status.seccomp,
+            "root": snap.root,
+            "namespaces": snap.namespaces,
+            "rlimit_core": list(snap.limits.get("core", (None, None))),
+            "cgroups": snap.cgroups,
+            "memory_limited": self.observed.memory_limited,
+            "pids_limited": self.observed.pids_limited,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form of one process."""
+        status = self.observed.snap.status
+        return {
+            "pid": self.observed.snap.pid,
+            "uid": status.uids[1],
+            "gid": status.gids[1],
+            "user": self.observed.user,
+            "vm": self.vm,
+            "ours": self.ours,
+            "layers": self.layers(),
+            "findings": [f.as_dict() for f in self.findings],
+        }
+
+
+def _finding(code: str, what: str) -> Finding:
+    return Finding(code, f"{what}: {CODES[code][1]}")
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What a check may know besides the process itself."""
+
+    by_uid: Counter[int]
+    records: tuple[VmRecord, ...]
+    state_dir: Path
+    host_namespaces: dict[str, str]
+
+
+def _uid_root(o: Observed, _c: _Context) -> Finding | None:
+    uids = o.snap.status.uids
+    if 0 not in uids:
+        return None
+    return _finding("uid-root", f"pid {o.snap.pid} runs with uid 0 (uids {list(uids)})")
+
+
+def _caps(o: Observed, _c: _Context) -> Finding | None:
+    caps = o.snap.status.cap_eff
+    return _finding("caps", f"pid {o.snap.pid} holds capabilities {caps:#x}") if caps else None
+
+
+def _uid_human(o: Observed, _c: _Context) -> Finding | None:
+    uid = o.snap.status.uids[1]
+    if o.shell is None or o.shell in NOLOGIN_SHELLS or uid == 0:
+        return None
+    return _finding("uid-human", f"uid {uid} ({o.user}) has the login shell {o.shell}")
+
+
+def _uid_shared(o: Observed, c: _Context) -> Finding | None:
+    uid = o.snap.status.uids[1]
+    if uid == 0 or c.by_uid[uid] < 2:
+        return None
+    return _finding("uid-shared", f"{c.by_uid[uid]} device models run as uid {uid}")
+
+
+def _no_seccomp(o: Observed, _c: _Context) -> Finding | None:
+    if o.snap.status.seccomp == 2:
+        return None
+    return _finding("no-seccomp", f"pid {o.snap.pid} has no seccomp filter")
+
+
+def _no_chroot(o: Observed, _c: _Context) -> Finding | None:
+    if o.snap.root != "/":
+        return None
+    return _finding("no-chroot", f"pid {o.snap.pid} sees the host's whole filesystem")
+
+
+def _no_namespaces(o: Observed, c: _Context) -> Finding | None:
+    """Mount, IPC and PID namespaces; the network one too when QEMU has no network.
+
+    The launcher plans a network namespace by the same rule.
+    """
+    wanted = ["mnt", "ipc", "pid"]
+    if not network_facing(rough_options(o.cmdline)):
+        wanted.append("net")
+    own = o.snap.namespaces
+    shared = [n for n in wanted if own.get(n) == c.host_namespaces.get(n)]
+    if not shared:
+        return None
+    return _finding(
+        "no-namespaces", f"pid {o.snap.pid} shares the host's {', '.join(shared)} namespaces"
+    )
+
+
+def _no_limits(o: Observed, _c: _Context) -> Finding | None:
+    """Each missing limit by name, and only those."""
+    missing = []
+    if not o.memory_limited:
+        missing.append("no cgroup memory limit")
+    if not o.pids_limited:
+        missing.append("no cgroup task limit")
+    core = o.snap.limits.get("core", (0, 0))
+    if core != (0, 0):
+        shown = "unlimited" if UNLIMITED in core else f"{core[0]}/{core[1]} bytes"
+        missing.append(f"core dumps allowed (RLIMIT_CORE {shown})")
+    if not missing:
+        return None
+    return _finding("no-limits", f"pid {o.snap.pid} has {', '.join(missing)}")
+
+
+def _lease(o: Observed, c: _Context) -> Finding | None:
+    """``not-ours`` for a QEMU of no lease; ``lease-mismatch`` for one with a false claim.
+
+    A false claim names a run directory whose lease holds another pid, start time or uid.
+    """
+    domid = claimed_domid(c.state_dir, o.cmdline)
+    if domid is None:
+        return _finding("not-ours", f"pid {o.snap.pid}")
+    record = _record(c, domid)
+    uid = o.snap.status.uids[1]
+    if record is not None and (record.pid, record.start_time, record.uid) == (
+        o.snap.pid, o.start, uid,
+    ):  # fmt: skip
+        return None
+    held = "no lease" if record is None else f"the lease says pid {record.pid} uid {record.uid}"
+    return _finding("lease-mismatch", f"pid {o.snap.pid} (uid {uid}) claims domid {domid}, {held}")
+
+
+def _record(c: _Context, domid: str | None) -> VmRecord | None:
+    return next((r for r in c.records if str(r.domid) == domid), None)
+
+
+#: One small check per finding code (``not-ours`` and ``lease-mismatch`` share the lease's).
+CHECKS: tuple[Callable[[Observed, _Context], Finding | None], ...] = (
+    _uid_root, _caps, _uid_human, _uid_shared, _no_seccomp, _no_chroot, _no_namespaces,
+    _no_limits, _lease,
+)  # fmt: skip
+
+
+def findings_for(
+    processes: list[Observed],
+    records: list[VmRecord],
+    *,
+    state_dir: Path,
+    host_namespaces: dict[str, str],
+) -> list[Audited]:
+    """Judge every process (pure): the findings, worst processes first."""
+    context = _Context(
+        Counter(p.snap.status.uids[1] for p in processes), tuple(records), state_dir,
+        host_namespaces,
+    )  # fmt: skip
+    audited = []
+    for observed in processes:
+        found = tuple(f for check in CHECKS if (f := check(observed, context)) is not None)
+        domid = claimed_domid(state_dir, observed.cmdline)
+        record = _record(context, domid)
+        audited.append(Audited(observed, record.name if record else None, domid is not None, found))
+    return sorted(audited, key=lambda a: (-a.worst, a.observed.snap.pid))
+
+
+def summary(audited: list[Audited]) -> dict[str, Any]:
+    """Counts for the report and the exit code."""
+    findings = Counter((f.code, str(f.severity)) for a in audited for f in a.findings)
+    worst = max((a.worst for a in audited), default=Severity.INFO)
+    return {
+        "device_models": len(audited),
+        "ours": sum(a.ours for a in audited),
+        "findings": [
+            {"code": c, "severity": s, "count": n} for (c, s), n in sorted(findings.items())
+        ],
+        "worst": str(worst),
+        "ok": worst < Severity.WARNING,
+    }
+
+
+# -- reading the host -------------------------------------------------------------------------
+
+
+def _limited(snap: Snapshot, controller: str, cgroup_root: Callable[[str], Path | None]) -> bool:
+    path, root = controller_path(snap.cgroups, controller), cgroup_root(controller)
+    if path is None or root is None:
+        return False
+    files = {"memory": ("memory.max", "memory.limit_in_bytes"), "pids": ("pids.max", "pids.max")}
+    for name in files[controller]:
+        limit = root / path.lstrip("/") / name
+        try:
+            text = limit.read_text().strip()
+        except OSError:
+            continue
+        return text != "max" and int(text) < (1 << 62)
+    return False
+
+
+def observe(
+    pid: int, lookup: AccountLookup, cgroup_root: Callable[[str], Path | None]
+) -> Observed | None:
+    """Read one QEMU process; None when it exited meanwhile."""
+    snap, started, words = snapshot(pid), start_time(pid), cmdline(pid)
+    if snap is None or started is None or words is None:
+        return None
+    user = shell = None
+    try:
+        account = lookup.user_by_uid(snap.status.uids[1])
+    except AccountLookupError:
+        account = None
+    if account is not None:
+        user, shell = account.name, account.shell
+    return Observed(
+        snap, started, words, user, shell,
+        memory_limited=_limited(snap, "memory", cgroup_root),
+        pids_limited=_limited(snap, "pids", cgroup_root),
+    )  # fmt: skip
+
+
+def host_namespaces() -> dict[str, str]:
+    """The host's namespaces: PID 1's where readable, else the auditor's own.
+
+    Containers often hide PID 1's; the auditor's own IPC and PID namespaces are the host's
+    there too (only its mount namespace may be private).
+    """
+    try:
+        return {n: str(Path(f"/proc/1/ns/{n}").readlink()) for n in NAMESPACES}
+    except OSError:
+        return own_namespaces()
+
+
+def audit_host(state_dir: Path, lookup: AccountLookup) -> list[Audited]:
+    """Find, read and judge every QEMU process on this host, against ``state_dir``'s leases."""
+    store = StateStore(state_dir)
+    records = store.all() if store.exists() else []
+    placement = CgroupHost.detect().placement()
+
+    def cgroup_root(controller: str) -> Path | None:
+        return placement[controller][1] if controller in placement else None
+
+    observed = [o for pid in qemu_pids() if (o := observe(pid, lookup, cgroup_root)) is not None]
+    return findings_for(observed, records, state_dir=state_dir, host_namespaces=host_namespaces())

@@ -1,0 +1,270 @@
+"""Everything read from /proc: one process's layers, its children, who runs as a uid, QEMUs.
+
+The parsers are pure functions over the bytes of ``/proc/PID/status`` and ``/proc/PID/stat``,
+unit-tested on captured samples; :func:`snapshot` and the scans are the thin I/O around them.
+
+psutil is not used here: it reports three uids (no fsuid) and none of Groups, CapEff,
+NoNewPrivs or Seccomp, which are exactly what verification needs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ProcStatus:
+    """The fields of ``/proc/PID/status`` that say who a process is and what it may do.
+
+    ``uids`` and ``gids`` are (real, effective, saved, filesystem).
+    """
+
+    name: str
+    state: str
+    uids: tuple[int, int, int, int]
+    gids: tuple[int, int, int, int]
+    groups: tuple[int, ...]
+    cap_eff: int
+    cap_prm: int
+    no_new_privs: bool
+    seccomp: int
+
+    @property
+    def zombie(self) -> bool:
+        """A zombie runs nothing and holds nothing: it counts as gone."""
+        return self.state.startswith(("Z", "X"))
+
+
+#: The namespaces a snapshot records, as named in /proc/PID/ns.
+NAMESPACES = ("mnt", "ipc", "net", "pid", "uts", "user")
+#: Rows of /proc/PID/limits, by the names the layer plan uses.
+LIMIT_ROWS = {
+    "Max core file size": "core",
+    "Max file size": "fsize",
+    "Max open files": "nofile",
+    "Max locked memory": "memlock",
+    "Max file locks": "locks",
+    "Max msgqueue size": "msgqueue",
+    "Max processes": "nproc",
+}
+UNLIMITED = -1
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What /proc shows of a running process: every layer, as read.
+
+    ``namespaces`` maps a name of :data:`NAMESPACES` to its ``type:[inode]`` link; ``limits``
+    maps a name of :data:`LIMIT_ROWS` to (soft, hard), :data:`UNLIMITED` for unlimited;
+    ``cgroups`` maps each hierarchy's controllers (``memory``, ``pids``, ``""`` for v2) to the
+    process's path in it; ``fds`` is the target of every open descriptor.
+    """
+
+    pid: int
+    status: ProcStatus
+    root: str
+    namespaces: dict[str, str] = field(default_factory=dict)
+    limits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    cgroups: dict[str, str] = field(default_factory=dict)
+    fds: tuple[str, ...] = ()
+
+
+def parse_limits(raw: bytes) -> dict[str, tuple[int, int]]:
+    """Parse ``/proc/PID/limits`` into (soft, hard) per known limit.
+
+    Raises:
+        ValueError: a known row is malformed.
+    """
+    limits = {}
+    for line in raw.decode("utf-8", "replace").splitlines()[1:]:
+        for row, name in LIMIT_ROWS.items():
+            if line.startswith(row):
+                soft, hard = line[len(row) :].split()[:2]
+                limits[name] = (_limit(soft), _limit(hard))
+    return limits
+
+
+def _limit(text: str) -> int:
+    return UNLIMITED if text == "unlimited" else int(text)
+
+
+def parse_cgroup(raw: bytes) -> dict[str, str]:
+    """Parse ``/proc/PID/cgroup``: controllers (comma-joined; ``""`` for v2) to path.
+
+    Raises:
+        ValueError: a line is not ``ID:CONTROLLERS:PATH``.
+    """
+    cgroups = {}
+    for line in raw.decode("utf-8", "replace").splitlines():
+        if not line:
+            continue
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            raise ValueError(f"malformed /proc cgroup line: {line!r}")
+        cgroups[parts[1]] = parts[2]
+    return cgroups
+
+
+def _quad(value: str) -> tuple[int, int, int, int]:
+    a, b, c, d = (int(part) for part in value.split())
+    return (a, b, c, d)
+
+
+def parse_status(raw: bytes) -> ProcStatus:
+    """Parse ``/proc/PID/status``.
+
+    Raises:
+        ValueError: a field that every Linux since 3.8 reports is missing or malformed.
+    """
+    fields: dict[str, str] = {}
+    for line in raw.decode("utf-8", "replace").splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    try:
+        return ProcStatus(
+            name=fields["Name"],
+            state=fields["State"],
+            uids=_quad(fields["Uid"]),
+            gids=_quad(fields["Gid"]),
+            groups=tuple(int(g) for g in fields.get("Groups", "").split()),
+            cap_eff=int(fields["CapEff"], 16),
+            cap_prm=int(fields["CapPrm"], 16),
+            no_new_privs=fields.get("NoNewPrivs", "0") == "1",
+            seccomp=int(fields.get("Seccomp", "0")),
+        )
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"malformed /proc status: {exc}") from exc
+
+
+def parse_start_time(raw: bytes) -> int:
+    """Return field 22 of ``/proc/PID/stat``: the start time in clock ticks since boot.
+
+    With the pid it names one process for the whole uptime, so a recorded (pid, start time)
+    never designates a later process that reused the pid.
+
+    Raises:
+        ValueError: the line is malformed.
+    """
+    # The command name (field 2) is in parentheses and may hold spaces or ')'.
+    try:
+        after_name = raw[raw.rindex(b")") + 2 :].split()
+        return int(after_name[19])
+    except (IndexError, ValueError) as exc:
+        raise ValueError(f"malformed /proc stat line: {raw[:80]!r}") from exc
+
+
+def read_status(pid: int, proc: Path = Path("/proc")) -> ProcStatus | None:
+    """Return the status of ``pid``, or None when it no longer exists."""
+    try:
+        return parse_status((proc / str(pid) / "status").read_bytes())
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def start_time(pid: int, proc: Path = Path("/proc")) -> int | None:
+    """Return the start time of ``pid``, or None when it no longer exists."""
+    try:
+        return parse_start_time((proc / str(pid) / "stat").read_bytes())
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _links(directory: Path) -> dict[str, str]:
+    links = {}
+    for entry in directory.iterdir():
+        try:
+            links[entry.name] = str(entry.readlink())
+        except FileNotFoundError:  # closed meanwhile
+            continue
+    return links
+
+
+def snapshot(pid: int, proc: Path = Path("/proc")) -> Snapshot | None:
+    """Read every layer of ``pid``; None when it exited meanwhile.
+
+    Raises:
+        ValueError: /proc returned something unparseable.
+    """
+    base = proc / str(pid)
+    status = read_status(pid, proc)
+    if status is None:
+        return None
+    try:
+        namespaces = {n: str((base / "ns" / n).readlink()) for n in NAMESPACES}
+        fds = _links(base / "fd")
+        return Snapshot(
+            pid=pid,
+            status=status,
+            root=str((base / "root").readlink()),
+            namespaces=namespaces,
+            limits=parse_limits((base / "limits").read_bytes()),
+            cgroups=parse_cgroup((base / "cgroup").read_bytes()),
+            fds=tuple(fds[fd] for fd in sorted(fds, key=int)),
+        )
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def own_namespaces(proc: Path = Path("/proc")) -> dict[str, str]:
+    """The calling process's namespaces, to tell a device model's own ones from them."""
+    return {n: str((proc / "self" / "ns" / n).readlink()) for n in NAMESPACES}
+
+
+def live_pids_of_uid(uid: int, proc: Path = Path("/proc")) -> list[int]:
+    """Return every live (non-zombie) process whose real, effective, saved or fs uid is ``uid``.
+
+    Any of the four counts: a process that kept ``uid`` in its saved set could switch back.
+    """
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = read_status(int(entry.name), proc)
+        except ValueError:
+            continue
+        if status is not None and not status.zombie and uid in status.uids:
+            found.append(int(entry.name))
+    return found
+
+
+#: The executables that are QEMU system emulators (and Xen's old device model).
+_QEMU_EXE = re.compile(r"qemu-system-[\w.-]+|qemu-kvm|qemu-dm")
+
+
+def qemu_pids(proc: Path = Path("/proc")) -> list[int]:
+    """Every live process whose executable is a QEMU binary (zombies have none).
+
+    Found by the executable, not by a name a process can choose for itself.
+    """
+    pids = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            exe = (entry / "exe").readlink().name
+        except OSError:
+            continue
+        if _QEMU_EXE.fullmatch(exe.removesuffix(" (deleted)")):
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def children(pid: int, proc: Path = Path("/proc")) -> list[int] | None:
+    """The children of ``pid``'s main thread; None when ``pid`` is gone."""
+    try:
+        text = (proc / str(pid) / "task" / str(pid) / "children").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return [int(p) for p in text.split()]
+
+
+def cmdline(pid: int, proc: Path = Path("/proc")) -> tuple[str, ...] | None:
+    """The command line of ``pid``, word by word; None when it is gone."""
+    try:
+        raw = (proc / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return None
+    return tuple(raw.decode("utf-8", "surrogateescape").split("\0")[:-1])

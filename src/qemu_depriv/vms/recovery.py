@@ -1,0 +1,86 @@
+"""``recover``: after a crash, leave every VM either verified and running, or gone.
+
+Leases whose QEMU exited or whose launcher died mid-launch are torn down as ``stop`` would
+(:meth:`qemu_depriv.vms.teardown.Teardown.reconcile`; ``launch`` and ``stop`` do that first
+too).
+Then two things a crash could leave without a lease are cleaned up: QEMU processes that name
+one of this state directory's run directories on their command line (killed by pid, and every
+process of their uid with them unless another lease holds that uid), and run directories or
+chroots of domids that no lease holds (a written-to chroot is quarantined, as always).
+
+Cgroups that no lease names are left alone: another qemu-depriv instance on the host (another
+state directory) may own them.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from qemu_depriv.host.processes import has_exited, signal_pid, wait_until
+from qemu_depriv.host.procfs import cmdline, qemu_pids, read_status, start_time
+from qemu_depriv.vms.paths import claimed_domid, vm_paths
+from qemu_depriv.vms.teardown import Teardown
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RecoveryReport:
+    """What recovery did."""
+
+    torn_down: list[str] = field(default_factory=list)
+    orphans_killed: list[int] = field(default_factory=list)
+    directories_removed: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list[str] | list[int]]:
+        """The JSON form."""
+        return dict(self.__dict__)
+
+
+def orphan_qemus(state_dir: Path, leased_pids: set[int]) -> list[tuple[int, int, str]]:
+    """QEMU processes naming a run directory of ``state_dir`` but holding no lease.
+
+    Returns (pid, start time, domid as written) for each.
+    """
+    found = []
+    for pid in qemu_pids():
+        if pid in leased_pids:
+            continue
+        words, started = cmdline(pid), start_time(pid)
+        domid = claimed_domid(state_dir, words) if words is not None else None
+        if domid is not None and started is not None:
+            found.append((pid, started, domid))
+    return found
+
+
+def recover(teardown: Teardown) -> RecoveryReport:
+    """Reconcile, then kill orphan QEMUs and remove directories that no lease holds."""
+    report = RecoveryReport(torn_down=[r.name for r in teardown.reconcile()])
+    records = teardown.store.all()
+    leased = {r.pid for r in records if r.pid is not None}
+    held_uids = {r.uid for r in records if r.uid is not None}
+    state_dir = teardown.settings.state_dir
+    for pid, started, domid in orphan_qemus(state_dir, leased):
+        status = read_status(pid)
+        log.warning("killing orphan QEMU pid %d (domid %s, no lease)", pid, domid)
+        signal_pid(pid, started, signal.SIGKILL)
+        wait_until(partial(has_exited, pid, started), 5.0)
+        report.orphans_killed.append(pid)
+        uid = status.uids[1] if status is not None else 0
+        if uid != 0 and uid not in held_uids:
+            teardown.kill_uid(uid)
+    held = {str(r.domid) for r in records}
+    for sub in ("vms", "chroot"):
+        directory = state_dir / sub
+        if not directory.is_dir():
+            continue
+        for entry in directory.iterdir():
+            if entry.name not in held and entry.name.isdigit():
+                report.warnings += teardown.remove_dirs(vm_paths(state_dir, int(entry.name)))
+                report.directories_removed.append(str(entry))
+    return report

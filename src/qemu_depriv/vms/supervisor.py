@@ -1,0 +1,390 @@
+"""``run``: an existing QEMU command line, run deprivileged, verified and supervised.
+
+The command line is someone else's (libxl's device model through ``device_model_override``, or
+a KVM user's script), so it is read as QEMU reads it (:mod:`qemu_depriv.qemu.cmdline`), refused
+when it would undo the deprivileging, and otherwise passed through, with what the
+deprivileging owns taken out and given again: ``-S``, the supervisor's own QMP socket,
+``-sandbox``, the chroot and the account (the one ``-runas``/``-run-with user=`` names is the
+explicit tier; otherwise the chain decides).  The VM then starts as ``launch`` starts one
+(:meth:`qemu_depriv.vms.launcher.Launcher.start`): every layer applied and verified from /proc
+before any guest code runs.
+
+The supervisor stays in the foreground, with the pid its spawner recorded (libxl records it):
+
+- SIGHUP, SIGTERM or SIGINT: the full teardown (:mod:`qemu_depriv.vms.teardown`), exit 0;
+- QEMU exits on its own (or libxl killed its uid): the same teardown at once, and the
+  supervisor exits with QEMU's status (128+N for a signal N, as a shell says it);
+- the supervisor itself is SIGKILLed: its lease turns ``stale`` and the next ``launch``,
+  ``stop`` or ``recover`` tears the VM down.
+
+When the command line starts QEMU paused itself (``-S``: libxl under ``dm_restrict``), its
+author sends ``cont``: the supervisor does not, and relays libxl's QMP socket only once QEMU
+is verified (:mod:`qemu_depriv.vms.relay`), so that libxl's ``cont`` cannot come first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from qemu_depriv.accounts.chain import Request, resolve
+from qemu_depriv.errors import EnvironmentFailure, InvalidInput, PolicyRefusal
+from qemu_depriv.host.programs import BASE_ENV
+from qemu_depriv.isolation.layers import VmShape, plan_layers
+from qemu_depriv.qemu.argv import qmp_args, runas_args, sandbox_args
+from qemu_depriv.qemu.caps import QemuCaps
+from qemu_depriv.qemu.cmdline import (
+    CommandLine,
+    Shape,
+    is_libxl_probe,
+    parse_command_line,
+    refusals,
+    shape_of,
+    supervised_argv,
+)
+from qemu_depriv.vms.launcher import SOCKET_PATH_MAX, Launcher, Plan
+from qemu_depriv.vms.store import LeaseState, Mode, current_owner
+from qemu_depriv.xl.domain import validate_domain_name, validate_domid
+
+log = logging.getLogger(__name__)
+
+#: The signals that end a supervised VM, as libxl (SIGHUP) and service managers send them.
+STOP_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+#: Seconds QEMU gets to ``quit`` when the supervisor is told to stop.
+QUIT_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What ``run`` was asked for.
+
+    ``argv`` is QEMU's command line, its binary first; ``xen`` says it is a Xen domain's
+    device model, whose ``-xen-domid`` and ``-name`` are required.
+    """
+
+    argv: tuple[str, ...]
+    name: str | None = None
+    domid: int | None = None
+    xen: bool = False
+    status_file: Path | None = None
+    start_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A command line read and checked, before anything is leased or started."""
+
+    cmdline: CommandLine
+    caps: QemuCaps
+    shape: Shape
+    name: str
+    domid: int | None
+    mode: Mode
+    #: libxl's capability probe (Xen 4.20 and later), run as it is: no VM at all.
+    libxl_probe: bool = False
+
+
+@dataclass
+class Supervisor:
+    """Runs one command line as a supervised VM.
+
+    Args:
+        launcher: the launcher (and its store, probe and teardown) the VM starts through.
+        echo: where QEMU's own output is copied when it ends (the supervisor's stderr, which
+            libxl keeps as the domain's qemu-dm log), or None.
+    """
+
+    launcher: Launcher
+    echo: TextIO | None = None
+
+    def prepare(self, request: RunRequest) -> Prepared:
+        """Read the command line and refuse it if it would undo the deprivileging.
+
+        Raises:
+            InvalidInput: no binary, an unknown option, a missing ``-xen-domid``/``-name`` in
+                Xen mode, a bad domid or name.
+            PolicyRefusal: an option that would undo the deprivileging (each is named).
+            EnvironmentFailure: QEMU cannot be probed.
+        """
+        binary = _binary(request.argv[0] if request.argv else "")
+        caps = self.launcher.probe.probe(binary)
+        cmdline = parse_command_line((binary, *request.argv[1:]), caps.options)
+        shape = shape_of(cmdline)
+        if request.xen and is_libxl_probe(cmdline):
+            return Prepared(cmdline, caps, shape, "libxl-probe", None, Mode.XEN, libxl_probe=True)
+        if request.xen:
+            missing = [
+                o for o, v in (("-xen-domid", shape.domid), ("-name", shape.name)) if v is None
+            ]
+            if missing:
+                raise InvalidInput(
+                    f"a Xen device model's command line needs {' and '.join(missing)}: this "
+                    "is not one libxl built (is qemu-depriv-dm named in device_model_override "
+                    "of an HVM domain?)"
+                )
+        if request.domid is not None and shape.domid not in (None, request.domid):
+            raise InvalidInput(f"--domid {request.domid} but -xen-domid {shape.domid}: give one")
+        domid = request.domid if request.domid is not None else shape.domid
+        name = request.name or shape.name
+        if name is None:
+            raise InvalidInput(
+                "the VM needs a name: give --name NAME, or -name in its command line"
+            )
+        if problems := refusals(cmdline):
+            more = f" (and {'; '.join(problems[1:])})" if problems[1:] else ""
+            raise PolicyRefusal(
+                f"QEMU option {problems[0]}; it would undo the deprivileging: remove it{more}"
+            )
+        return Prepared(
+            cmdline, caps, shape, validate_domain_name(name),
+            validate_domid(domid) if domid is not None else None,
+            Mode.XEN if shape.domid is not None else Mode.STANDALONE,
+        )  # fmt: skip
+
+    def run(self, request: RunRequest) -> int:
+        """Start the VM, supervise it until a stop signal or its end; return the exit status.
+
+        Raises:
+            InvalidInput, PolicyRefusal, EnvironmentFailure: as :meth:`prepare` and the start
+                do; nothing is left behind.
+        """
+        _unbound_files()
+        prepared = self.prepare(request)
+        if prepared.libxl_probe:
+            exec_libxl_probe(prepared.cmdline.argv())
+        with _stop_signals() as stopped:
+            launcher = self.launcher
+            launcher.teardown.reconcile()
+            domid = launcher.store.reserve(
+                prepared.name, prepared.domid, mode=prepared.mode, owner=current_owner(),
+                supervised=True,
+            )  # fmt: skip
+            listener = _control_listener(prepared.shape.control_fd)
+            try:
+                process = launcher.start(
+                    domid, lambda: self._plan(prepared, domid), timeout=request.start_timeout,
+                    resume=not prepared.shape.paused, env=_environment(),
+                    pass_fds=prepared.shape.fds,
+                )  # fmt: skip
+            except BaseException:
+                if listener is not None:
+                    listener.close()
+                raise
+            self._status(request, domid, "running")
+            status = self._supervise(domid, process, listener, stopped)
+        self._status(request, domid, "stopped", status)
+        return status
+
+    def _plan(self, prepared: Prepared, domid: int) -> Plan:
+        launcher, settings = self.launcher, self.launcher.settings
+        shape, caps = prepared.shape, prepared.caps
+        request = Request(domid, prepared.name, shape.user, settings.restrict, settings.prefix)
+        decision = resolve(request, launcher.lookup)
+        paths = launcher.paths(domid)
+        control = paths.run_dir / "libxl-cmd.sock" if shape.control_fd is not None else None
+        if len(str(control or paths.qmp)) > SOCKET_PATH_MAX:
+            raise InvalidInput(
+                f"state directory {settings.state_dir} is too long for a unix socket path: "
+                "use a shorter state_dir"
+            )
+        layers = settings.layers
+        if layers.seccomp and not caps.sandbox:
+            raise EnvironmentFailure(
+                f"QEMU {caps.binary} has no -sandbox, which the seccomp layer needs: install a "
+                "QEMU built with libseccomp, or turn the layer off ([layers] seccomp = false)"
+            )
+        chroot = paths.chroot if layers.chroot else None
+        extra = [
+            "-S", *qmp_args(paths.qmp),
+            *(sandbox_args(caps, decision) if layers.seccomp else []),
+            *runas_args(caps, decision, chroot),
+        ]  # fmt: skip
+        argv = supervised_argv(prepared.cmdline, control_socket=control, extra=extra)
+        vm = VmShape(prepared.name, shape.memory_mib, shape.network, shape.files)
+        plan = plan_layers(
+            layers, vm, decision, mode=prepared.mode, domid=domid, log=paths.log,
+            chroot=paths.chroot,
+        )  # fmt: skip
+        return Plan(prepared.name, prepared.mode, domid, decision, argv, paths, plan)
+
+    def _supervise(
+        self,
+        domid: int,
+        process: subprocess.Popen[bytes],
+        listener: socket.socket | None,
+        stopped: _Stopped,
+    ) -> int:
+        """Wait for a stop signal or the end of QEMU; tear down; return the exit status."""
+        from qemu_depriv.vms.relay import Relay  # noqa: PLC0415 - only libxl's dm_restrict needs it
+
+        paths = self.launcher.paths(domid)
+        relay = Relay(listener, paths.run_dir / "libxl-cmd.sock") if listener else None
+        with selectors.DefaultSelector() as selector:
+            pidfd = os.pidfd_open(process.pid)
+            try:
+                selector.register(pidfd, selectors.EVENT_READ, None)
+                selector.register(stopped.fd, selectors.EVENT_READ, None)
+                if relay is not None:
+                    relay.open(selector)
+                while not stopped.signal and process.poll() is None:
+                    for key, _ in selector.select():
+                        if callable(key.data):
+                            key.data(selector)
+                        elif key.fd == stopped.fd:
+                            stopped.drain()
+            finally:
+                if relay is not None:
+                    relay.close(selector)
+                os.close(pidfd)
+        code = process.poll()
+        self._echo_log(paths.log)
+        ours = self._tear_down(domid, quit_timeout=QUIT_TIMEOUT if code is None else 0)
+        if code is None:  # stopped by a signal: QEMU was asked to quit, its wrapper is ours
+            process.wait(timeout=30)
+            log.info("stopped on signal %d", stopped.signal)
+            return 0
+        if not ours:  # 'qemu-depriv stop' took the VM: a stop on request, not a crash
+            return 0
+        return 128 - code if code < 0 else code
+
+    def _tear_down(self, domid: int, *, quit_timeout: float) -> bool:
+        """Tear the VM down; False when someone else (``stop``) already took it."""
+        store = self.launcher.store
+        record = store.get(domid)
+        if record is None or record.state != LeaseState.RUNNING or record.owner != current_owner():
+            return False
+        claimed = store.claim(record, state=LeaseState.STOPPING, owner=current_owner())
+        if claimed is None:
+            return False
+        self.launcher.teardown.run(claimed, timeout=quit_timeout)
+        return True
+
+    def _echo_log(self, path: Path) -> None:
+        if self.echo is None:
+            return
+        with contextlib.suppress(OSError):
+            self.echo.write(path.read_text(encoding="utf-8", errors="replace"))
+            self.echo.flush()
+
+    def _status(
+        self, request: RunRequest, domid: int, state: str, status: int | None = None
+    ) -> None:
+        """Write ``--json-status FILE`` (atomically: a temporary file, then a rename)."""
+        if request.status_file is None:
+            return
+        record = self.launcher.store.get(domid)
+        data: dict[str, Any] = {"domid": domid, "state": state, "supervisor": os.getpid()}
+        if record is not None:
+            data |= {
+                "name": record.name, "pid": record.pid, "uid": record.uid, "gid": record.gid,
+                "tier": record.tier, "verification": record.verification,
+            }  # fmt: skip
+        if status is not None:
+            data["status"] = status
+        temporary = request.status_file.with_name(f".{request.status_file.name}.{os.getpid()}")
+        temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        temporary.replace(request.status_file)
+
+
+class _Stopped:
+    """The stop signals, as a descriptor a selector can wait on (Python's wakeup fd)."""
+
+    def __init__(self) -> None:
+        self.read, self.write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.signal: int | None = None
+
+    @property
+    def fd(self) -> int:
+        """The end to wait on."""
+        return self.read
+
+    def handle(self, signum: int, _frame: object) -> None:
+        """Remember the first stop signal (the wakeup fd wakes the selector)."""
+        self.signal = self.signal or signum
+
+    def drain(self) -> None:
+        """Empty the wakeup pipe."""
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.read, 512):
+                pass
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[_Stopped]:
+    """Catch the stop signals from the very start: one during the start is acted on after it."""
+    stopped = _Stopped()
+    previous = {s: signal.signal(s, stopped.handle) for s in STOP_SIGNALS}
+    old_wakeup = signal.set_wakeup_fd(stopped.write)
+    try:
+        yield stopped
+    finally:
+        signal.set_wakeup_fd(old_wakeup)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        os.close(stopped.read)
+        os.close(stopped.write)
+
+
+def _unbound_files() -> None:
+    """Lift the file-size limit libxl's ``dm_restrict`` puts on its device model (256 KiB).
+
+    It was meant for QEMU, which the jail limits again; the supervisor writes the state store.
+    """
+    with contextlib.suppress(ValueError, OSError):
+        infinity = resource.RLIM_INFINITY
+        resource.setrlimit(resource.RLIMIT_FSIZE, (infinity, infinity))
+
+
+def _environment() -> dict[str, str]:
+    """QEMU's environment: the fixed one, and libxl's ``XEN_*`` settings (XSA-180's limit)."""
+    return {**BASE_ENV, **{k: v for k, v in os.environ.items() if k.startswith("XEN_")}}
+
+
+def _control_listener(fd: int | None) -> socket.socket | None:
+    """Libxl's listening QMP socket, kept by the supervisor (closed in QEMU)."""
+    if fd is None:
+        return None
+    try:
+        listener = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise InvalidInput(
+            f"-chardev ...,id=libxl-cmd,fd={fd}: descriptor {fd} is no open socket: "
+            "libxl passes it open to its device model"
+        ) from exc
+    os.set_inheritable(listener.fileno(), False)
+    return listener
+
+
+def _binary(name: str) -> str:
+    if not name:
+        raise InvalidInput("no QEMU command line: give the binary and its options after '--'")
+    if "/" in name:
+        return name
+    found = shutil.which(name, path=BASE_ENV["PATH"])
+    if found is None:
+        raise EnvironmentFailure(f"QEMU binary {name} not found in {BASE_ENV['PATH']}")
+    return found
+
+
+def exec_libxl_probe(argv: Sequence[str]) -> None:
+    """Run libxl's capability probe as it is: it starts no guest, and only libxl talks to it.
+
+    Raises:
+        EnvironmentFailure: QEMU cannot be executed.
+    """
+    try:
+        os.execv(argv[0], list(argv))  # noqa: S606 - libxl's own argv, no shell
+    except OSError as exc:
+        raise EnvironmentFailure(f"{argv[0]}: cannot run libxl's probe: {exc.strerror}") from exc

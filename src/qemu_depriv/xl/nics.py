@@ -1,0 +1,81 @@
+"""Network device specs of xl.cfg (pure): a vifspec is comma-separated ``key=value`` settings.
+
+Values that end up inside QEMU options are checked here: a bridge, model or name with a comma
+in it would smuggle extra options into QEMU's command line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from qemu_depriv.xl.disks import SAFE_NAME, bad_spec
+
+_MAC = re.compile(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}\Z")
+_VIF_KEYS = frozenset(
+    {"mac", "bridge", "model", "type", "ip", "script", "vifname", "backend", "rate",
+     "gatewaydev", "netdev", "devid", "mtu", "trusted", "untrusted"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Vif:
+    """One vifspec (devid is its position in the list)."""
+
+    devid: int
+    mac: str | None
+    bridge: str
+    model: str
+    type: str
+    vifname: str | None
+
+
+def parse_vif(spec: str, devid: int, source: str = "<config>") -> Vif:
+    """Parse one vifspec.
+
+    Raises:
+        InvalidInput: an unknown key, a malformed MAC, or unsafe characters in a name.
+    """
+    settings: dict[str, str] = {}
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        key, equals, value = item.partition("=")
+        if not equals or key not in _VIF_KEYS:
+            raise bad_spec(source, "vif", spec, f"unknown setting {item!r}")
+        settings[key] = value
+    mac = settings.get("mac")
+    if mac is not None and not _MAC.match(mac):
+        raise bad_spec(
+            source, "vif", spec, f"mac {mac!r} is not six hex pairs such as 00:16:3e:01:02:03"
+        )
+    for key in ("bridge", "model", "vifname"):
+        if key in settings and not SAFE_NAME.match(settings[key]):
+            raise bad_spec(
+                source,
+                "vif",
+                spec,
+                f"{key} {settings[key]!r} has characters outside A-Z a-z 0-9 _ . -",
+            )
+    vif_type = settings.get("type", "ioemu")
+    if vif_type not in ("ioemu", "vif"):
+        raise bad_spec(source, "vif", spec, f"type {vif_type!r} is unknown: use ioemu or vif")
+    return Vif(
+        devid=devid,
+        mac=mac.lower() if mac else None,
+        bridge=settings.get("bridge", "xenbr0"),
+        model=settings.get("model", "rtl8139"),
+        type=vif_type,
+        vifname=settings.get("vifname"),
+    )
+
+
+def derived_mac(domain: str, devid: int) -> str:
+    """A stable MAC in Xen's 00:16:3e prefix for a vif that names none.
+
+    libxl picks random bytes at every start; a stable address derived from the domain name
+    and devid keeps the guest's NIC the same across restarts.
+    """
+    digest = hashlib.sha256(f"{domain}/{devid}".encode()).digest()
+    return f"00:16:3e:{digest[0] & 0x7F:02x}:{digest[1]:02x}:{digest[2]:02x}"

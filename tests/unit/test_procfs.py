@@ -1,0 +1,197 @@
+"""Parsing /proc/PID/status and /proc/PID/stat.
+
+Samples in tests/unit/samples/: ``qemu-runas-status.txt`` and ``qemu-runas-stat.txt`` come from
+a real QEMU 7.2 started with ``-sandbox on,... -runas 131073:131072``; ``root-status.txt`` is
+the status of PID 1, running as root with every capability.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qemu_depriv.host.procfs import parse_start_time, parse_status
+
+SAMPLES = Path(__file__).parent / "samples"
+QEMU_STATUS = (SAMPLES / "qemu-runas-status.txt").read_bytes()
+QEMU_STAT = (SAMPLES / "qemu-runas-stat.txt").read_bytes()
+ROOT_STATUS = (SAMPLES / "root-status.txt").read_bytes()
+
+
+def edited(raw: bytes, field: str, value: str | None) -> bytes:
+    """Return ``raw`` with the line of ``field`` given ``value``, or removed when None."""
+    prefix = f"{field}:".encode()
+    lines = raw.splitlines(keepends=True)
+    assert sum(line.startswith(prefix) for line in lines) == 1, f"no single {field} line"
+    return b"".join(
+        line
+        if not line.startswith(prefix)
+        else (b"" if value is None else prefix + b"\t" + value.encode() + b"\n")
+        for line in lines
+    )
+
+
+# -- the QEMU sample --------------------------------------------------------------------------
+
+
+def test_qemu_sample_has_all_four_uids_and_gids_of_the_runas_account() -> None:
+    status = parse_status(QEMU_STATUS)
+    assert status.uids == (131073, 131073, 131073, 131073)
+    assert status.gids == (131072, 131072, 131072, 131072)
+
+
+def test_qemu_sample_holds_only_the_runas_group() -> None:
+    assert parse_status(QEMU_STATUS).groups == (131072,)
+
+
+def test_qemu_sample_has_no_capabilities() -> None:
+    status = parse_status(QEMU_STATUS)
+    assert status.cap_eff == 0
+    assert status.cap_prm == 0
+
+
+def test_qemu_sample_runs_under_a_seccomp_filter_with_no_new_privs() -> None:
+    status = parse_status(QEMU_STATUS)
+    assert status.seccomp == 2
+    assert status.no_new_privs is True
+
+
+def test_qemu_sample_name_and_state() -> None:
+    status = parse_status(QEMU_STATUS)
+    assert status.name == "qemu-system-x86"
+    assert status.state == "S (sleeping)"
+    assert not status.zombie
+
+
+# -- the root sample --------------------------------------------------------------------------
+
+
+def test_root_sample_is_uid_and_gid_zero_with_every_capability() -> None:
+    status = parse_status(ROOT_STATUS)
+    assert status.uids == (0, 0, 0, 0)
+    assert status.gids == (0, 0, 0, 0)
+    assert status.cap_eff == 0x1FFFFFFFFFF
+    assert status.cap_prm == 0x1FFFFFFFFFF
+
+
+def test_root_sample_with_an_empty_groups_line_has_no_groups() -> None:
+    assert parse_status(ROOT_STATUS).groups == ()
+
+
+def test_root_sample_has_no_seccomp_and_no_no_new_privs() -> None:
+    status = parse_status(ROOT_STATUS)
+    assert status.seccomp == 0
+    assert status.no_new_privs is False
+
+
+# -- variations -------------------------------------------------------------------------------
+
+
+def test_uids_are_read_in_real_effective_saved_filesystem_order() -> None:
+    status = parse_status(edited(QEMU_STATUS, "Uid", "1\t2\t3\t4"))
+    assert status.uids == (1, 2, 3, 4)
+    status = parse_status(edited(QEMU_STATUS, "Gid", "5\t6\t7\t8"))
+    assert status.gids == (5, 6, 7, 8)
+
+
+def test_several_supplementary_groups_are_read_in_order() -> None:
+    status = parse_status(edited(QEMU_STATUS, "Groups", "27 131072 4 "))
+    assert status.groups == (27, 131072, 4)
+
+
+def test_missing_groups_nonewprivs_and_seccomp_lines_read_as_none() -> None:
+    raw = edited(edited(edited(QEMU_STATUS, "Groups", None), "NoNewPrivs", None), "Seccomp", None)
+    status = parse_status(raw)
+    assert status.groups == ()
+    assert status.no_new_privs is False
+    assert status.seccomp == 0
+
+
+@pytest.mark.parametrize(
+    ("state", "zombie"),
+    [
+        ("Z (zombie)", True),
+        ("X (dead)", True),
+        ("S (sleeping)", False),
+        ("R (running)", False),
+        ("D (disk sleep)", False),
+        ("T (stopped)", False),
+        ("t (tracing stop)", False),
+        ("I (idle)", False),
+    ],
+)
+def test_only_zombie_and_dead_states_count_as_gone(state: str, *, zombie: bool) -> None:
+    status = parse_status(edited(QEMU_STATUS, "State", state))
+    assert status.state == state
+    assert status.zombie is zombie
+
+
+# -- malformed status -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["Name", "State", "Uid", "Gid", "CapEff", "CapPrm"])
+def test_missing_required_field_is_a_value_error_naming_it(field: str) -> None:
+    with pytest.raises(ValueError, match=f"malformed /proc status: '{field}'"):
+        parse_status(edited(QEMU_STATUS, field, None))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("Uid", "131073\tx\t131073\t131073"),
+        ("Uid", "131073\t131073\t131073"),
+        ("Gid", "131072\t131072\t131072\t131072\t131072"),
+        ("Groups", "131072 wheel"),
+        ("CapEff", "not-hex"),
+        ("CapPrm", ""),
+        ("Seccomp", "filter"),
+    ],
+)
+def test_malformed_field_is_a_value_error(field: str, value: str) -> None:
+    with pytest.raises(ValueError, match="malformed /proc status"):
+        parse_status(edited(QEMU_STATUS, field, value))
+
+
+def test_empty_status_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="malformed /proc status"):
+        parse_status(b"")
+
+
+# -- /proc/PID/stat ---------------------------------------------------------------------------
+
+
+def test_start_time_of_the_qemu_sample() -> None:
+    assert parse_start_time(QEMU_STAT) == 74887
+
+
+def stat_line(comm: bytes, start: int) -> bytes:
+    """A stat line: field 3 is S, fields 4-21 are 4..21, field 22 is ``start``, 30 more follow."""
+    before = [b"S", *(str(n).encode() for n in range(4, 22))]
+    after = [str(n).encode() for n in range(100, 130)]
+    return b"123 (" + comm + b") " + b" ".join([*before, str(start).encode(), *after]) + b"\n"
+
+
+@pytest.mark.parametrize(
+    "comm",
+    [b"qemu", b"a) b) c", b"x) S 1 2 3 4 5", b"(", b")", b"a b", b""],
+    ids=["plain", "parens", "fake-fields", "open-paren", "close-paren", "space", "empty"],
+)
+def test_start_time_survives_spaces_and_parentheses_in_the_command_name(comm: bytes) -> None:
+    assert parse_start_time(stat_line(comm, 987654)) == 987654
+
+
+def test_start_time_of_a_line_without_a_command_name_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="malformed /proc stat line"):
+        parse_start_time(b"123 qemu S 1 2 3")
+
+
+def test_non_numeric_start_time_is_a_value_error() -> None:
+    line = stat_line(b"qemu", 0).replace(b" 0 100 ", b" later 100 ")
+    with pytest.raises(ValueError, match="later"):
+        parse_start_time(line)
+
+
+def test_truncated_stat_line_is_a_value_error() -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - the point is the exception type alone
+        parse_start_time(b"123 (qemu) S 1 2 3")

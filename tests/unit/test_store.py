@@ -1,0 +1,79 @@
+"""The state store on a real SQLite file: leases, claims, and stores from earlier versions."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from qemu_depriv.accounts.chain import Decision, Tier
+from qemu_depriv.errors import PolicyRefusal
+from qemu_depriv.vms.store import LeaseState, Mode, StateStore
+
+ME = (1234, 5678)
+DECISION = Decision(Tier.RANGE, "131073:131072", 131073, 131072, (131072,), None, kill_by_uid=True)
+
+
+def test_domids_are_the_smallest_free_and_names_unique(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "s")
+    assert store.reserve("a", None, mode=Mode.STANDALONE, owner=ME) == 1
+    assert store.reserve("b", None, mode=Mode.STANDALONE, owner=ME) == 2
+    store.release(1)
+    assert store.reserve("c", None, mode=Mode.STANDALONE, owner=ME) == 1
+    with pytest.raises(PolicyRefusal, match="already has a device model"):
+        store.reserve("b", None, mode=Mode.STANDALONE, owner=ME)
+    with pytest.raises(PolicyRefusal, match="domid 2 is in use"):
+        store.reserve("d", 2, mode=Mode.STANDALONE, owner=ME)
+
+
+def test_a_uid_goes_to_one_vm_of_a_non_shared_tier(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "s")
+    first = store.reserve("a", None, mode=Mode.STANDALONE, owner=ME)
+    second = store.reserve("b", None, mode=Mode.STANDALONE, owner=ME)
+    store.assign(first, DECISION, uid_busy=False)
+    with pytest.raises(PolicyRefusal, match="already held by domain 'a'"):
+        store.assign(second, DECISION, uid_busy=False)
+
+
+def test_a_claim_succeeds_once_and_only_on_the_row_as_read(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "s")
+    domid = store.reserve("a", None, mode=Mode.STANDALONE, owner=ME)
+    seen = store.get(domid)
+    assert seen is not None
+    claimed = store.claim(seen, state=LeaseState.STOPPING, owner=(99, 100))
+    assert claimed is not None
+    assert (claimed.state, claimed.owner_pid) == (LeaseState.STOPPING, 99)
+    stale = store.claim(seen, state=LeaseState.STOPPING, owner=(77, 78))
+    assert stale is None  # a view of the row as it no longer is: refused
+
+
+def test_a_store_from_the_first_schema_is_migrated_with_its_rows(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    state.mkdir()
+    with contextlib.closing(sqlite3.connect(state / "state.db")) as db, db:
+        db.executescript(
+            """
+            CREATE TABLE vms (
+                domid INTEGER PRIMARY KEY CHECK (domid BETWEEN 1 AND 32751),
+                name TEXT NOT NULL UNIQUE, mode TEXT NOT NULL,
+                state TEXT NOT NULL CHECK (state IN ('starting', 'running')),
+                owner_pid INTEGER NOT NULL, owner_start INTEGER NOT NULL, uid INTEGER,
+                gid INTEGER, tier TEXT, runas TEXT, kill_by_uid INTEGER NOT NULL DEFAULT 0,
+                decision TEXT, pid INTEGER, start_time INTEGER, verification TEXT,
+                created REAL NOT NULL
+            );
+            CREATE UNIQUE INDEX one_vm_per_uid ON vms (uid)
+                WHERE uid IS NOT NULL AND tier IS NOT 'shared';
+            INSERT INTO vms (domid, name, mode, state, owner_pid, owner_start, uid, created)
+                VALUES (3, 'old', 'standalone', 'running', 1, 2, 131075, 12.5);
+            """
+        )
+    store = StateStore(state)
+    record = store.find("old")
+    assert record is not None
+    assert (record.domid, record.uid, record.created, record.layers) == (3, 131075, 12.5, None)
+    claimed = store.claim(record, state=LeaseState.STOPPING, owner=ME)  # the new state is allowed
+    assert claimed is not None
+    assert claimed.state == LeaseState.STOPPING
