@@ -17,6 +17,7 @@ The file (``--config FILE``, else ``/etc/qemu-depriv.toml`` when it exists) hold
     namespaces = true              # mount, ipc, pid; net when the VM has no network
     rlimits = true
     cgroup = true
+    cgroup_manager = "auto"        # systemd (a scope per VM) where it runs the host, else cgroupfs
     fds = true
     memory_overhead_mib = 256      # the cgroup's memory limit is guest RAM plus this
     pids_max = 256
@@ -36,6 +37,9 @@ from typing import Any
 from qemu_depriv.accounts.names import DEFAULT_PREFIX, validate_prefix
 from qemu_depriv.errors import InvalidInput
 
+#: ``[layers] cgroup_manager``'s values (the isolation package reads the same names).
+MANAGERS = ("auto", "systemd", "cgroupfs")
+
 DEFAULT_CONFIG = Path("/etc/qemu-depriv.toml")
 DEFAULT_STATE_DIR = Path("/run/qemu-depriv")
 
@@ -50,6 +54,7 @@ class LayerSettings:
     namespaces: bool = True
     rlimits: bool = True
     cgroup: bool = True
+    cgroup_manager: str = "auto"
     fds: bool = True
     memory_overhead_mib: int = 256
     pids_max: int = 256
@@ -125,10 +130,14 @@ def _settings_from(path: Path, data: dict[str, Any]) -> Settings:
     _check_keys(path, data, known)
     settings = Settings()
     if "layers" in data:
-        layer_types: dict[str, type] = {
-            f.name: bool if f.default in (True, False) else int for f in fields(LayerSettings)
-        }
+        layer_types: dict[str, type] = {f.name: type(f.default) for f in fields(LayerSettings)}
         _check_keys(path, data["layers"], layer_types, table="layers.")
+        manager = data["layers"].get("cgroup_manager", "auto")
+        if manager not in MANAGERS:
+            raise InvalidInput(
+                f"config {path}: layers.cgroup_manager = {manager!r}: use "
+                + ", ".join(f'"{m}"' for m in MANAGERS)
+            )
         limits = {k: v for k, v in data["layers"].items() if layer_types[k] is int}
         for key, value in limits.items():
             if not 1 <= value <= (10000 if key == "cpu_weight" else 1 << 40):

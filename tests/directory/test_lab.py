@@ -156,7 +156,9 @@ def test_nslcd_with_slapd_hung_fails_lookups_with_enoent_after_bind_timelimit(
     """A SIGSTOPped slapd still completes TCP handshakes and never answers.  nslcd gives up
     after bind_timelimit (10 s by default; ``timelimit`` 0, "searches wait for ever", does not
     make it wait longer).  A bind_timelimit shorter than reconnect_retrytime is retried until
-    that passes instead (measured: bind_timelimit 3 alone gives 11 s)."""
+    that passes instead (measured: bind_timelimit 3 alone gives 11 s).  nslcd's retry loop (it
+    keeps trying until reconnect_retrytime has passed) sometimes makes a second attempt: one or
+    two bind_timelimits (seen in CI: 20.0 s with the defaults).  What matters is the ENOENT."""
     server = directory_lab.slapd(USERS, GROUPS)
     lab = directory_lab.nslcd(server, timings)
     assert_found(lab.probe("getpwnam", WEB.name), WEB)
@@ -166,7 +168,7 @@ def test_nslcd_with_slapd_hung_fails_lookups_with_enoent_after_bind_timelimit(
     server.resume()
 
     assert_failed_with_enoent(hung)
-    assert seconds - 0.5 <= hung.seconds <= seconds + 2, hung
+    assert seconds - 0.5 <= hung.seconds <= 2 * seconds + 2, hung
     assert_found(lab.probe("getpwnam", WEB.name), WEB)
 
 

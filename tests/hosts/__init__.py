@@ -14,7 +14,8 @@ PID 1 and cgroup v2 only. This package builds such hosts from Debian's own packa
 - ``pool``: the runner API, one call from nothing to a ready guest, and the session's report.
 - ``prereqs``: what a machine needs to build and boot the hosts; a failure names what is not.
 - ``commands``: the one place host programs run; ``errors``: the one error tree.
+- ``inside/``: the host suite itself, run in each guest by ``test_host_suite``.
 
-Modules here import the product (``qemu_depriv``) nowhere: the harness must work even when the
-product is broken, so that the host suite can say how.
+The harness's modules import the product (``qemu_depriv``) nowhere: the harness must work even
+when the product is broken, so that the host suite (which does use it) can say how.
 """

@@ -11,18 +11,21 @@ for the other root-only folders.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import mark_folder
+from tests.conftest import INSIDE_HOST, mark_folder
 from tests.hosts.distros import DISTROS
 from tests.hosts.machine import Guest
 from tests.hosts.pool import HostPool
 
 HERE = Path(__file__).parent
 _POOL = pytest.StashKey[HostPool]()
+#: The host suite (``inside/``) runs inside a booted host only; test_host_suite starts it there.
+collect_ignore = [] if os.environ.get(INSIDE_HOST) == "1" else ["inside"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

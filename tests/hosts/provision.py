@@ -98,6 +98,18 @@ class InnerRun:
     result: GuestResult
     junit: Path
 
+    def properties(self) -> dict[str, dict[str, str]]:
+        """What each test recorded (``record_property``), by test name."""
+        if not self.junit.is_file():
+            return {}
+        root = ElementTree.parse(self.junit).getroot()  # noqa: S314 - our own guest's report
+        found: dict[str, dict[str, str]] = {}
+        for case in root.iter("testcase"):
+            recorded = {p.get("name", ""): p.get("value", "") for p in case.iter("property")}
+            if recorded:
+                found[case.get("name", "")] = recorded
+        return found
+
     def counts(self) -> dict[str, int]:
         """Tests, failures, errors and skips as the JUnit report counts them (all suites)."""
         totals = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
@@ -111,7 +123,14 @@ class InnerRun:
         return totals
 
 
-def run_pytest(guest: Guest, args: list[str], *, timeout: float, name: str) -> InnerRun:
+def run_pytest(
+    guest: Guest,
+    args: list[str],
+    *,
+    timeout: float,
+    name: str,
+    env: dict[str, str] | None = None,
+) -> InnerRun:
     """Run the venv's pytest in the guest's checkout, its report written to the results share.
 
     ``name`` names the report (``RESULTS/NAME.xml``, ``Guest.results / "NAME.xml"`` on the
@@ -125,6 +144,7 @@ def run_pytest(guest: Guest, args: list[str], *, timeout: float, name: str) -> I
         ],
         timeout=timeout,
         cwd=CHECKOUT,
+        env=env,
         doing=f"running pytest {shlex.join(args)} in the guest",
     )  # fmt: skip
     return InnerRun(result, guest.results / f"{name}.xml")

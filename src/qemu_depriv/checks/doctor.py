@@ -16,10 +16,11 @@ from qemu_depriv.accounts.nss import AccountLookup
 from qemu_depriv.accounts.nsswitch import NsSwitch, SourceKind, source_kind
 from qemu_depriv.accounts.provision import plan_range, read_account_files, unsafe_account
 from qemu_depriv.accounts.sssd import FIX, domain_statuses
-from qemu_depriv.errors import AccountLookupError, QemuDeprivError
+from qemu_depriv.errors import AccountLookupError, EnvironmentFailure, QemuDeprivError
 from qemu_depriv.host import syscalls
 from qemu_depriv.host.procfs import live_pids_of_uid
 from qemu_depriv.isolation.cgroups import CgroupHost
+from qemu_depriv.isolation.scopes import SLICE, manager_version, slice_path
 from qemu_depriv.qemu.caps import CapsProbe
 
 
@@ -165,7 +166,53 @@ def _unshare_works() -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
-def check_kernel(cgroups: CgroupHost, proc: Path = Path("/proc")) -> Iterator[Finding]:
+def check_cgroups(cgroups: CgroupHost, manager: str = "auto") -> Iterator[Finding]:
+    """The cgroup controllers, and who makes the VMs' groups: systemd, or cgroupfs.
+
+    ``manager`` is ``[layers] cgroup_manager``.
+    """
+    placement = cgroups.placement()
+    where = ", ".join(f"{c} on {v} ({root})" for c, (v, root) in sorted(placement.items()))
+    if missing := cgroups.missing():
+        yield Finding(
+            "cgroups",
+            False,
+            f"cgroup controllers missing: {', '.join(missing)} (found: {where or 'none'}); "
+            "every launch with the cgroup layer on would fail",
+            "enable them (systemd.unified_cgroup_hierarchy, or mount cgroup v1), or turn the "
+            "cgroup layer off ([layers] cgroup = false)",
+        )
+    else:
+        yield Finding("cgroups", True, f"controllers: {where}")
+    try:
+        chosen = cgroups.manager(manager)
+        if chosen == "systemd":
+            version = manager_version()
+    except EnvironmentFailure as exc:
+        yield Finding("cgroups", False, exc.message, "see the message")
+        return
+    if chosen == "systemd":
+        yield Finding(
+            "cgroups",
+            True,
+            f"systemd {version} places each VM in a scope, qemu-depriv-DOMID-NAME.scope in "
+            f"{SLICE} (cgroup {slice_path(SLICE)}); 'systemctl status {SLICE}' lists them",
+        )
+    elif cgroups.systemd and manager == "auto":
+        yield Finding(
+            "cgroups",
+            False,
+            "systemd runs this host on a legacy or hybrid cgroup hierarchy: the VMs' groups "
+            "are made in cgroupfs, outside systemd's delegation, and no unit shows them",
+            "boot with systemd.unified_cgroup_hierarchy=1 (cgroup v2 only), so that each VM "
+            "runs as a systemd scope",
+        )
+    else:
+        why = "set by [layers] cgroup_manager" if cgroups.systemd else "systemd is not PID 1"
+        yield Finding("cgroups", True, f"qemu-depriv makes the VMs' groups in cgroupfs ({why})")
+
+
+def check_kernel(proc: Path = Path("/proc")) -> Iterator[Finding]:
     """The kernel features the launcher uses, found as the launcher finds them."""
     if _unshare_works():
         yield Finding("kernel", True, "mount and IPC namespaces")
@@ -176,19 +223,6 @@ def check_kernel(cgroups: CgroupHost, proc: Path = Path("/proc")) -> Iterator[Fi
             "unshare(CLONE_NEWNS|CLONE_NEWIPC) refused",
             "run as root, outside a restricted container",
         )
-    placement = cgroups.placement()
-    where = ", ".join(f"{c} on {v} ({root})" for c, (v, root) in sorted(placement.items()))
-    if missing := cgroups.missing():
-        yield Finding(
-            "kernel",
-            False,
-            f"cgroup controllers missing: {', '.join(missing)} (found: {where or 'none'}); "
-            "every launch with the cgroup layer on would fail",
-            "enable them (systemd.unified_cgroup_hierarchy, or mount cgroup v1), or turn the "
-            "cgroup layer off ([layers] cgroup = false)",
-        )
-    else:
-        yield Finding("kernel", True, f"cgroups: {where}")
     if (proc / "sys/kernel/seccomp/actions_avail").exists():
         yield Finding("kernel", True, "seccomp filters")
     else:

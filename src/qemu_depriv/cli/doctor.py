@@ -23,6 +23,7 @@ def run(args: argparse.Namespace, context: Context) -> int:
     from qemu_depriv.accounts.nsswitch import read_nsswitch
     from qemu_depriv.checks.doctor import (
         check_accounts,
+        check_cgroups,
         check_kernel,
         check_qemu,
         check_sources,
@@ -38,7 +39,12 @@ def run(args: argparse.Namespace, context: Context) -> int:
             read_nsswitch(), frozenset(settings.sources_without_accounts), settings.lookup_timeout
         ),
         *check_accounts(context.lookup(), settings.prefix, args.root),
-        *check_kernel(CgroupHost.detect()),
+        *check_kernel(),
+        *(
+            check_cgroups(CgroupHost.detect(), settings.layers.cgroup_manager)
+            if settings.layers.cgroup
+            else ()
+        ),
         *check_state_dir(settings.state_dir),
     ]
     problems = [f for f in findings if not f.ok]

@@ -103,8 +103,10 @@ def run(args: argparse.Namespace, context: Context) -> int:
     if context.as_json:
         emit_json(vm_json(record, launcher.paths(record.domid)))
     else:
+        group = record.layers.cgroup if record.layers is not None else None
+        scope = f", in systemd scope {group.unit}" if group and group.unit else ""
         print(
             f"{record.name}: domid {record.domid}, QEMU pid {record.pid}, running as uid "
-            f"{record.uid} gid {record.gid} (tier {record.tier}), verified from /proc"
+            f"{record.uid} gid {record.gid} (tier {record.tier}){scope}, verified from /proc"
         )
     return 0

@@ -1,6 +1,8 @@
 """A cgroup per device model: memory, pids and cpu weight limits, and a kill that misses nothing.
 
-Each controller is used from cgroup v2 when the unified hierarchy has it, else from its v1
+Where systemd runs the host, the group is a scope unit that systemd makes
+(:mod:`qemu_depriv.isolation.scopes`); elsewhere this module makes it in cgroupfs.  Each
+controller is used from cgroup v2 when the unified hierarchy has it, else from its v1
 hierarchy (hybrid hosts, such as this project's CI, keep memory, pids and cpu on v1).  The
 VM's group is ``qemu-depriv/DOMID-NAME`` in each hierarchy used.  The spawned child joins it
 before exec, so QEMU never runs outside it.
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 
 WANTED = ("memory", "pids", "cpu")
 PARENT = "qemu-depriv"
+#: The directory that exists when systemd is PID 1 (sd_booted(3)).
+SYSTEMD_RUNTIME = Path("/run/systemd/system")
 
 
 #: Room for a group's name: a directory name (255 bytes) and, later, a systemd unit name.
@@ -56,6 +60,11 @@ def unit_escape(text: str) -> str:
     return "".join(out)
 
 
+def unit_name(group: str) -> str:
+    """The scope unit of the group ``group`` (:func:`group_name`'s escaped form)."""
+    return f"{PARENT}-{group}.scope"
+
+
 def group_name(domid: int, name: str) -> str:
     """The VM's group: ``DOMID-NAME``, escaped, and cut with a digest when too long."""
     full = f"{domid}-{unit_escape(name)}"
@@ -69,12 +78,17 @@ def group_name(domid: int, name: str) -> str:
 
 @dataclass(frozen=True)
 class CgroupPlan:
-    """The limits of one VM's group: bytes of memory, tasks, and cpu weight (1-10000)."""
+    """The limits of one VM's group: bytes of memory, tasks, and cpu weight (1-10000).
+
+    ``unit`` is the systemd scope that holds the group, None when the group is made in
+    cgroupfs.
+    """
 
     name: str
     memory_bytes: int
     pids_max: int
     cpu_weight: int
+    unit: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -83,30 +97,41 @@ class CgroupPlan:
             "memory_bytes": self.memory_bytes,
             "pids_max": self.pids_max,
             "cpu_weight": self.cpu_weight,
+            "unit": self.unit,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CgroupPlan:
         """Read :meth:`as_dict`'s form back (from the state store)."""
+        unit = data.get("unit")
         return cls(
             str(data["name"]),
             int(data["memory_bytes"]),
             int(data["pids_max"]),
             int(data["cpu_weight"]),
+            str(unit) if unit is not None else None,
         )
 
 
 @dataclass(frozen=True)
 class CgroupHost:
-    """Where each controller lives: ``unified`` (v2) and the v1 hierarchies by controller."""
+    """Where each controller lives: ``unified`` (v2) and the v1 hierarchies by controller.
+
+    ``systemd`` is whether systemd runs the host (and so owns its cgroup tree).
+    """
 
     unified: Path | None
     unified_controllers: frozenset[str]
     v1: dict[str, Path]
+    systemd: bool = False
 
     @classmethod
-    def detect(cls, mountinfo: Path = Path("/proc/self/mountinfo")) -> CgroupHost:
-        """Read the cgroup mounts of this host."""
+    def detect(
+        cls,
+        mountinfo: Path = Path("/proc/self/mountinfo"),
+        systemd_runtime: Path = SYSTEMD_RUNTIME,
+    ) -> CgroupHost:
+        """Read the cgroup mounts of this host, and whether systemd is PID 1."""
         unified: Path | None = None
         v1: dict[str, Path] = {}
         for line in mountinfo.read_text().splitlines():
@@ -123,7 +148,7 @@ class CgroupHost:
         if unified is not None:
             with contextlib.suppress(OSError):
                 controllers = frozenset((unified / "cgroup.controllers").read_text().split())
-        return cls(unified, controllers, v1)
+        return cls(unified, controllers, v1, systemd_runtime.is_dir())
 
     def placement(self) -> dict[str, tuple[str, Path]]:
         """For each wanted controller (and v1's freezer): (``v2`` or ``v1``, hierarchy root)."""
@@ -135,6 +160,32 @@ class CgroupHost:
                 where[controller] = ("v1", self.v1[controller])
         return where
 
+    def manager(self, setting: str = "auto") -> str:
+        """Who makes the VMs' groups: ``systemd`` (a scope unit each) or ``cgroupfs``.
+
+        ``auto`` picks systemd when it runs the host and the unified hierarchy holds every
+        wanted controller (systemd's ``MemoryMax``, ``TasksMax`` and ``CPUWeight`` are v2's);
+        a systemd host on a legacy or hybrid hierarchy gets cgroupfs, as a host without
+        systemd does.
+
+        Raises:
+            EnvironmentFailure: ``systemd`` is asked for where it cannot place the VMs.
+        """
+        usable = self.systemd and not (set(WANTED) - self.unified_controllers)
+        if setting == "cgroupfs" or (setting == "auto" and not usable):
+            return "cgroupfs"
+        if not usable:
+            why = (
+                "systemd is not PID 1 here"
+                if not self.systemd
+                else "the unified cgroup hierarchy lacks "
+                + ", ".join(sorted(set(WANTED) - self.unified_controllers))
+            )
+            raise EnvironmentFailure(
+                f'[layers] cgroup_manager = "systemd" but {why}: set it to "auto" or "cgroupfs"'
+            )
+        return "systemd"
+
     def missing(self) -> list[str]:
         """Wanted controllers that no hierarchy offers."""
         where = self.placement()
@@ -145,9 +196,14 @@ class CgroupHost:
         return gone
 
 
-def _write(path: Path, value: str) -> None:
+def _write(path: Path, value: str, *, missing_ok: bool = False) -> None:
     try:
         path.write_text(value)
+    except FileNotFoundError as exc:
+        if not missing_ok:
+            raise EnvironmentFailure(
+                f"cgroup: cannot write {value!r} to {path}: it is gone"
+            ) from exc
     except OSError as exc:
         raise EnvironmentFailure(
             f"cgroup: cannot write {value!r} to {path}: {exc.strerror}"
@@ -162,14 +218,22 @@ class VmCgroup:
         self.name = name
         self._where = host.placement()
 
+    def relative(self) -> str:
+        """The group's path below each hierarchy's root."""
+        return f"{PARENT}/{self.name}"
+
     def directories(self) -> list[Path]:
         """The group's directory in each hierarchy used, each once."""
         roots = {root for _, root in self._where.values()}
-        return sorted(root / PARENT / self.name for root in roots)
+        return sorted(root / self.relative() for root in roots)
 
     def paths_by_controller(self) -> dict[str, str]:
         """The path /proc/PID/cgroup shows for a member, by controller."""
-        return dict.fromkeys(self._where, f"/{PARENT}/{self.name}")
+        return dict.fromkeys(self._where, f"/{self.relative()}")
+
+    def command_prefix(self) -> list[str]:
+        """What QEMU's command is run under to join the group: nothing, it joins by itself."""
+        return []
 
     def create(self, plan: CgroupPlan) -> None:
         """Create the group and set its limits.
@@ -213,7 +277,7 @@ class VmCgroup:
         self, controller: str, v2_file: str, v1_file: str, value: str, v1_value: str | None = None
     ) -> None:
         version, root = self._where[controller]
-        directory = root / PARENT / self.name
+        directory = root / self.relative()
         if version == "v2":
             _write(directory / v2_file, value)
         else:
@@ -232,9 +296,7 @@ class VmCgroup:
             ("cpu", "cpu.weight", "cpu.shares"),
         ):
             version, root = self._where[controller]
-            text = (
-                root / PARENT / self.name / (v2_file if version == "v2" else v1_file)
-            ).read_text()
+            text = (root / self.relative() / (v2_file if version == "v2" else v1_file)).read_text()
             number = -1 if text.strip() == "max" else int(text)
             values[controller] = (
                 number * 100 // 1024 if controller == "cpu" and version == "v1" else number
@@ -258,7 +320,9 @@ class VmCgroup:
         v1 = []
         for directory in self.directories():
             if self._is_v2(directory) and (directory / "cgroup.kill").exists():
-                _write(directory / "cgroup.kill", "1")
+                # A group that vanished meanwhile has no member left: systemd removes a scope's
+                # group as soon as it is empty (QEMU just quit).
+                _write(directory / "cgroup.kill", "1", missing_ok=True)
             elif directory.exists():
                 v1.append(directory)
         if v1:
@@ -267,7 +331,7 @@ class VmCgroup:
         while self.members():
             if time.monotonic() > deadline:
                 raise EnvironmentFailure(
-                    f"cgroup {PARENT}/{self.name}: processes {sorted(self.members())[:10]} "
+                    f"cgroup {self.relative()}: processes {sorted(self.members())[:10]} "
                     f"survived SIGKILL for {timeout} s"
                 )
             time.sleep(0.01)
@@ -277,7 +341,7 @@ class VmCgroup:
         freezer = self._where.get("freezer")
         state = None
         if freezer is not None and freezer[0] == "v1":
-            state = freezer[1] / PARENT / self.name / "freezer.state"
+            state = freezer[1] / self.relative() / "freezer.state"
         frozen = state is not None and state.parent.exists()
         if frozen and state is not None:
             _write(state, "FROZEN")

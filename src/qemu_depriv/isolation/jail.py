@@ -1,6 +1,7 @@
 """Restrictions applied to the device model between fork and exec, from its layer plan.
 
-In order: join the VM's cgroup (so that everything after is charged to it); clear the
+In order: join the VM's cgroup (so that everything after is charged to it; where systemd
+places the VM, ``systemd-run --scope`` is exec'd first and joins its scope instead); clear the
 supplementary groups (QEMU sets its own when it drops to an account, and a root-tier QEMU must
 not inherit the launcher's, ``sudo`` leaving group 0 among them); unshare the mount and IPC
 namespaces, and the network namespace when the VM has no network; set the rlimits (NPROC is
@@ -48,6 +49,7 @@ class Jail:
     no_new_privs: bool = False
     cgroup_procs: tuple[str, ...] = ()
     pid_namespace: bool = False
+    prefix: tuple[str, ...] = ()
 
     def before_exec(self) -> Callable[[], None]:
         """Return the function to run in the child before exec."""
@@ -69,18 +71,20 @@ class Jail:
     def wrap(self, argv: Sequence[str]) -> list[str]:
         """The command to exec: QEMU itself, or QEMU as PID 1 of a new PID namespace.
 
+        Either runs under ``prefix`` (``systemd-run --scope``) when the VM's group has one.
+
         Raises:
             EnvironmentFailure: a PID namespace is planned and util-linux's unshare is missing.
         """
         if not self.pid_namespace:
-            return list(argv)
+            return [*self.prefix, *argv]
         unshare = shutil.which("unshare", path="/usr/bin:/bin")
         if unshare is None:
             raise EnvironmentFailure(
                 "unshare (util-linux) is missing, which the pid namespace layer needs: "
                 "apt-get install util-linux, or turn the namespaces layer off"
             )
-        return [unshare, "--pid", "--fork", "--kill-child", "--", *argv]
+        return [*self.prefix, unshare, "--pid", "--fork", "--kill-child", "--", *argv]
 
 
 def _limit(value: int) -> int:
@@ -101,4 +105,5 @@ def jail_for(plan: LayerPlan, cgroup: VmCgroup | None) -> Jail:
         no_new_privs=plan.no_new_privs,
         cgroup_procs=tuple(cgroup.procs_files()) if cgroup is not None else (),
         pid_namespace="pid" in plan.namespaces,
+        prefix=tuple(cgroup.command_prefix()) if cgroup is not None else (),
     )

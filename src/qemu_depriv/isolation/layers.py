@@ -17,7 +17,8 @@ chroot          the VM's empty directory                               root
 namespaces      mount, ipc, pid; net when the VM has no network        ns/*
 rlimits         core, msgqueue, locks, memlock 0; nofile; fsize 256    limits
                 KiB for a Xen device model, unlimited standalone
-cgroup          the VM's group in every hierarchy used, and its limits cgroup (and the group files)
+cgroup          the VM's group in every hierarchy used (a systemd      cgroup (and the group files)
+                scope where systemd runs the host), and its limits
 fds             only descriptors on the allowlist                      fd/*
 =============== ====================================================== ==========================
 """
@@ -34,7 +35,7 @@ from typing import Any
 from qemu_depriv.accounts.chain import Decision, Tier
 from qemu_depriv.errors import LayerVerificationFailed
 from qemu_depriv.host.procfs import UNLIMITED, Snapshot
-from qemu_depriv.isolation.cgroups import CgroupPlan, controller_path, group_name
+from qemu_depriv.isolation.cgroups import CgroupPlan, controller_path, group_name, unit_name
 from qemu_depriv.settings import LayerSettings
 from qemu_depriv.xl.domain import DomainConfig
 
@@ -153,11 +154,12 @@ def plan_layers(
     domid: int,
     log: Path,
     chroot: Path,
+    scope: bool = False,
 ) -> LayerPlan:
     """Work out every layer for one device model (pure).
 
     ``log`` is QEMU's log (a descriptor it holds); ``chroot`` its empty root, when that layer
-    is on.
+    is on; ``scope`` whether systemd places the VM's group (a scope unit) rather than cgroupfs.
     """
     namespaces: tuple[str, ...] = ()
     if settings.namespaces:
@@ -172,11 +174,13 @@ def plan_layers(
         rlimits["fsize"] = (fsize, fsize)
     cgroup = None
     if settings.cgroup:
+        name = group_name(domid, shape.name)
         cgroup = CgroupPlan(
-            name=group_name(domid, shape.name),
+            name=name,
             memory_bytes=(shape.memory_mib + settings.memory_overhead_mib) * MIB,
             pids_max=settings.pids_max,
             cpu_weight=settings.cpu_weight,
+            unit=unit_name(name) if scope else None,
         )
     fds = None
     if settings.fds:

@@ -40,6 +40,7 @@ from qemu_depriv.isolation.layers import (
     plan_layers,
     verification,
 )
+from qemu_depriv.isolation.scopes import vm_group
 from qemu_depriv.qemu.argv import standalone_argv, standalone_warnings
 from qemu_depriv.qemu.caps import CapsProbe
 from qemu_depriv.qemu.qmp import QmpConnection
@@ -166,11 +167,21 @@ class Launcher:
                 restrict=restrict, seccomp=layers.seccomp,
             )  # fmt: skip
             warnings = standalone_warnings(config)
-        plan = plan_layers(
-            layers, VmShape.of(config, request.mode), decision, mode=request.mode, domid=domid,
-            log=paths.log, chroot=paths.chroot,
-        )  # fmt: skip
+        plan = self.layers_for(VmShape.of(config, request.mode), decision, request.mode, domid)
         return Plan(config.name, request.mode, domid, decision, argv, paths, plan, tuple(warnings))
+
+    def layers_for(self, vm: VmShape, decision: Decision, mode: Mode, domid: int) -> LayerPlan:
+        """Every layer of ``vm``'s device model, its group placed where this host wants it.
+
+        Raises:
+            EnvironmentFailure: ``[layers] cgroup_manager`` asks for what the host lacks.
+        """
+        layers, paths = self.settings.layers, self.paths(domid)
+        scope = layers.cgroup and self.cgroup_host().manager(layers.cgroup_manager) == "systemd"
+        return plan_layers(
+            layers, vm, decision, mode=mode, domid=domid, log=paths.log, chroot=paths.chroot,
+            scope=scope,
+        )  # fmt: skip
 
     @staticmethod
     def device_model_need(request: LaunchRequest) -> tuple[bool, str]:
@@ -262,7 +273,7 @@ class Launcher:
             try:
                 cgroup = None
                 if plan.layers.cgroup is not None:
-                    cgroup = VmCgroup(self.cgroup_host(), plan.layers.cgroup.name)
+                    cgroup = vm_group(self.cgroup_host(), plan.layers.cgroup)
                     cgroup.create(plan.layers.cgroup)
                 jail = self.jail_for(plan.layers, cgroup)
                 process = spawn(

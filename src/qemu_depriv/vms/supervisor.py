@@ -42,7 +42,7 @@ from typing import Any, TextIO
 from qemu_depriv.accounts.chain import Request, resolve
 from qemu_depriv.errors import EnvironmentFailure, InvalidInput, PolicyRefusal
 from qemu_depriv.host.programs import BASE_ENV
-from qemu_depriv.isolation.layers import VmShape, plan_layers
+from qemu_depriv.isolation.layers import VmShape
 from qemu_depriv.qemu.argv import qmp_args, runas_args, sandbox_args
 from qemu_depriv.qemu.caps import QemuCaps
 from qemu_depriv.qemu.cmdline import (
@@ -213,10 +213,7 @@ class Supervisor:
         ]  # fmt: skip
         argv = supervised_argv(prepared.cmdline, control_socket=control, extra=extra)
         vm = VmShape(prepared.name, shape.memory_mib, shape.network, shape.files)
-        plan = plan_layers(
-            layers, vm, decision, mode=prepared.mode, domid=domid, log=paths.log,
-            chroot=paths.chroot,
-        )  # fmt: skip
+        plan = launcher.layers_for(vm, decision, prepared.mode, domid)
         return Plan(prepared.name, prepared.mode, domid, decision, argv, paths, plan)
 
     def _supervise(

@@ -33,6 +33,7 @@ from qemu_depriv.errors import AccountLookupError, EnvironmentFailure, InvalidIn
 from qemu_depriv.host.processes import is_alive, signal_pid, wait_until
 from qemu_depriv.host.procfs import live_pids_of_uid
 from qemu_depriv.isolation.cgroups import CgroupHost, VmCgroup
+from qemu_depriv.isolation.scopes import vm_group
 from qemu_depriv.qemu.qmp import QmpConnection
 from qemu_depriv.settings import Settings
 from qemu_depriv.vms.paths import VmPaths, vm_paths
@@ -69,9 +70,9 @@ class Teardown:
     live_pids: Callable[[int], list[int]] = field(default=live_pids_of_uid)
 
     def cgroup_of(self, record: VmRecord) -> VmCgroup | None:
-        """The VM's cgroup, when its plan had one."""
+        """The VM's cgroup (or systemd scope), when its plan had one."""
         plan = record.layers.cgroup if record.layers is not None else None
-        return VmCgroup(self.cgroup_host(), plan.name) if plan else None
+        return vm_group(self.cgroup_host(), plan) if plan else None
 
     def run(self, record: VmRecord, *, timeout: float) -> list[str]:
         """Tear ``record``'s VM down; return warnings (a quarantined chroot).
