@@ -328,6 +328,9 @@ def test_libxls_device_model_runs_verified_and_sighup_leaves_nothing(vmhost: VmH
         assert (vm["tier"], vm["uid"]) == ("range", RANGE_BASE + 7)
         assert vm["verification"]["ok"]
         assert "net_namespace" not in vm["verification"]["layers"]  # a NIC and VNC: host's net
+        # libxl's tap (ifname=vif7.0-emu,script=no) is opened by the wrapper and handed over.
+        assert [(t["name"], t["bridge"]) for t in vm["taps"]] == [("vif7.0-emu", None)]
+        assert vm["verification"]["layers"]["taps"]["observed"] == ["vif7.0-emu"]
         group = vm["layers"]["cgroup"]["name"]
     finally:
         os.kill(pid, signal.SIGHUP)

@@ -57,6 +57,8 @@ class VmHost:
     env: dict[str, str] = field(default_factory=dict)
     #: The settings file's text, when the commands should read one.
     settings: str | None = None
+    #: What every command runs under (``nsenter --net=/run/netns/NS --``).
+    prefix: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.accounts()
@@ -88,7 +90,7 @@ class VmHost:
             path.write_text(self.settings)
             config = ["--config", str(path)]
         return [
-            sys.executable, str(NSEXEC), str(self.root / "accounts"), "--",
+            *self.prefix, sys.executable, str(NSEXEC), str(self.root / "accounts"), "--",
             sys.executable, "-m", "qemu_depriv", "--state-dir", str(self.state_dir), *config,
             *args,
         ]  # fmt: skip

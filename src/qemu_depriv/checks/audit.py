@@ -151,6 +151,8 @@ class Audited:
             "vm": self.vm,
             "ours": self.ours,
             "layers": self.layers(),
+            # The interfaces of the tun descriptors it holds: its taps, as /proc shows them.
+            "taps": sorted(name for name in self.observed.snap.taps.values() if name),
             "findings": [f.as_dict() for f in self.findings],
         }
 

@@ -55,6 +55,10 @@ def vm_json(record: VmRecord, paths: VmPaths) -> dict[str, Any]:
         "decision": record.decision,
         "layers": record.layers.as_dict() if record.layers is not None else None,
         "verification": record.verification,
+        "taps": [
+            {k: tap.get(k) for k in ("name", "bridge", "mac", "ifindex", "created")}
+            for tap in record.taps or []
+        ],
     }
 
 
@@ -92,11 +96,13 @@ def run(args: argparse.Namespace, context: Context) -> int:
             emit_json(
                 {"mode": plan.mode.value, "domid": plan.domid, "decision": plan.decision.as_dict(),
                  "argv": plan.argv, "reason": reason, "warnings": list(plan.warnings),
-                 "layers": plan.layers.as_dict()}
+                 "layers": plan.layers.as_dict(), "taps": [t.as_dict() for t in plan.taps]}
             )  # fmt: skip
         else:
             print(f"domid {plan.domid}, mode {plan.mode}: {reason}")
             print("\n".join(describe_decision(plan.decision)))
+            for tap in plan.taps:
+                print(f"tap {tap.name} on bridge {tap.bridge}: its descriptor as fd=@{tap.name}")
             print(shlex.join(plan.argv))
         return 0
     record = launcher.launch(request)
@@ -105,8 +111,10 @@ def run(args: argparse.Namespace, context: Context) -> int:
     else:
         group = record.layers.cgroup if record.layers is not None else None
         scope = f", in systemd scope {group.unit}" if group and group.unit else ""
+        taps = ", ".join(f"{t['name']} on {t['bridge']}" for t in record.taps or [])
         print(
             f"{record.name}: domid {record.domid}, QEMU pid {record.pid}, running as uid "
-            f"{record.uid} gid {record.gid} (tier {record.tier}){scope}, verified from /proc"
+            f"{record.uid} gid {record.gid} (tier {record.tier}){scope}"
+            f"{f', taps {taps}' if taps else ''}, verified from /proc"
         )
     return 0

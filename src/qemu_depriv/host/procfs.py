@@ -9,6 +9,7 @@ NoNewPrivs or Seccomp, which are exactly what verification needs.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,9 @@ class Snapshot:
     ``namespaces`` maps a name of :data:`NAMESPACES` to its ``type:[inode]`` link; ``limits``
     maps a name of :data:`LIMIT_ROWS` to (soft, hard), :data:`UNLIMITED` for unlimited;
     ``cgroups`` maps each hierarchy's controllers (``memory``, ``pids``, ``""`` for v2) to the
-    process's path in it; ``fds`` is the target of every open descriptor.
+    process's path in it; ``fds`` is the target of every open descriptor; ``taps`` the
+    interface each ``/dev/net/tun`` descriptor is attached to (``""`` for one attached to
+    none), by descriptor number.
     """
 
     pid: int
@@ -69,6 +72,20 @@ class Snapshot:
     limits: dict[str, tuple[int, int]] = field(default_factory=dict)
     cgroups: dict[str, str] = field(default_factory=dict)
     fds: tuple[str, ...] = ()
+    taps: dict[int, str] = field(default_factory=dict)
+
+
+#: The tun/tap driver's device: /dev/net/tun, character device 10:200.
+TUN_DEVICE = os.makedev(10, 200)
+
+
+def parse_tun_fdinfo(raw: bytes) -> str:
+    """The interface a tun descriptor is attached to, from its fdinfo (``iff:`` NAME); "" none."""
+    for line in raw.decode("ascii", "replace").splitlines():
+        key, _, value = line.partition(":")
+        if key == "iff":
+            return value.strip()
+    return ""
 
 
 def parse_limits(raw: bytes) -> dict[str, tuple[int, int]]:
@@ -202,9 +219,28 @@ def snapshot(pid: int, proc: Path = Path("/proc")) -> Snapshot | None:
             limits=parse_limits((base / "limits").read_bytes()),
             cgroups=parse_cgroup((base / "cgroup").read_bytes()),
             fds=tuple(fds[fd] for fd in sorted(fds, key=int)),
+            taps=_taps(base, fds),
         )
     except (FileNotFoundError, ProcessLookupError):
         return None
+
+
+def _taps(base: Path, fds: dict[str, str]) -> dict[int, str]:
+    """The tun descriptors among ``fds``, and the interface each is attached to.
+
+    Known by their device number: the path shown depends on the reader's mount namespace
+    (``/net/tun`` for a /dev mount it cannot reach).
+    """
+    taps = {}
+    for fd, target in fds.items():
+        if not target.endswith("/net/tun"):
+            continue
+        try:
+            if (base / "fd" / fd).stat().st_rdev == TUN_DEVICE:
+                taps[int(fd)] = parse_tun_fdinfo((base / "fdinfo" / fd).read_bytes())
+        except FileNotFoundError:  # closed meanwhile
+            continue
+    return taps
 
 
 def own_namespaces(proc: Path = Path("/proc")) -> dict[str, str]:

@@ -19,7 +19,8 @@ rlimits         core, msgqueue, locks, memlock 0; nofile; fsize 256    limits
                 KiB for a Xen device model, unlimited standalone
 cgroup          the VM's group in every hierarchy used (a systemd      cgroup (and the group files)
                 scope where systemd runs the host), and its limits
-fds             only descriptors on the allowlist                      fd/*
+fds             only descriptors on the allowlist; where the launcher  fd/*, and fdinfo/* of
+                hands QEMU its taps, /dev/net/tun only as those taps   /dev/net/tun
 =============== ====================================================== ==========================
 """
 
@@ -57,9 +58,11 @@ RLIMITS = {
 #: open (/var/lib/sss/mc/*: read-only, and readable by every user anyway).
 FD_ALLOWLIST = (
     "/dev/null", "socket:[*", "pipe:[*", "anon_inode:*", "/dev/kvm", "/dev/ptmx", "/dev/pts/*",
-    "/dev/urandom", "/dev/random", "/dev/net/tun", "/dev/xen/*", "/proc/xen/*", "/dev/dri/*",
+    "/dev/urandom", "/dev/random", "/dev/xen/*", "/proc/xen/*", "/dev/dri/*",
     "/var/lib/sss/mc/*",
 )  # fmt: skip
+#: A tun descriptor: QEMU's own (a Xen device model opens its taps itself), or one handed over.
+TUN_PATTERN = "/dev/net/tun"
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,8 @@ class LayerPlan:
     rlimits: dict[str, tuple[int, int]] = field(default_factory=dict)
     cgroup: CgroupPlan | None = None
     fds: tuple[str, ...] | None = None
+    #: The taps the launcher hands QEMU; None where QEMU may open /dev/net/tun itself.
+    taps: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form that ``launch --json`` prints as ``layers``."""
@@ -92,6 +97,7 @@ class LayerPlan:
             "rlimits": {name: list(pair) for name, pair in self.rlimits.items()},
             "cgroup": self.cgroup.as_dict() if self.cgroup else None,
             "fds": list(self.fds) if self.fds is not None else None,
+            "taps": list(self.taps) if self.taps is not None else None,
         }
 
     @classmethod
@@ -109,6 +115,7 @@ class LayerPlan:
             rlimits={name: (int(lo), int(hi)) for name, (lo, hi) in data["rlimits"].items()},
             cgroup=CgroupPlan.from_dict(data["cgroup"]) if data["cgroup"] else None,
             fds=tuple(data["fds"]) if data["fds"] is not None else None,
+            taps=tuple(data["taps"]) if data.get("taps") is not None else None,
         )
 
 
@@ -116,22 +123,25 @@ class LayerPlan:
 class VmShape:
     """What the layers depend on, from a config file or a command line alike.
 
-    Its name, its RAM, whether QEMU talks to the network, and the host files it holds open.
+    Its name, its RAM, whether QEMU talks to the network, the host files it holds open, and
+    the taps the launcher hands it (None: QEMU may open its own, as a Xen device model does).
     """
 
     name: str
     memory_mib: int
     network: bool
     files: tuple[str, ...] = ()
+    taps: tuple[str, ...] | None = None
 
     @classmethod
-    def of(cls, config: DomainConfig, mode: str) -> VmShape:
-        """The shape of a domain's device model in ``mode``."""
+    def of(cls, config: DomainConfig, mode: str, taps: tuple[str, ...] | None = None) -> VmShape:
+        """The shape of a domain's device model in ``mode``, handed ``taps``."""
         return cls(
             config.name,
             config.memory,
-            needs_network(config, mode),
+            needs_network(config, mode) or bool(taps),
             tuple(d.target for d in config.disks if d.target),
+            taps,
         )
 
 
@@ -184,7 +194,8 @@ def plan_layers(
         )
     fds = None
     if settings.fds:
-        fds = (*FD_ALLOWLIST, *(_literal(f) for f in (str(log), *shape.files)))
+        tun = (TUN_PATTERN,) if shape.taps is None else ()
+        fds = (*FD_ALLOWLIST, *tun, *(_literal(f) for f in (str(log), *shape.files)))
     return LayerPlan(
         uid=decision.uid,
         gid=decision.gid,
@@ -197,6 +208,7 @@ def plan_layers(
         rlimits=rlimits,
         cgroup=cgroup,
         fds=fds,
+        taps=shape.taps if settings.fds else None,
     )
 
 
@@ -254,10 +266,19 @@ def check_layers(
         checks.append(_cgroup_check(plan.cgroup, snap, cgroup_paths or {}, cgroup_limits or {}))
     if plan.fds is not None:
         patterns = plan.fds
-        stray = [fd for fd in snap.fds if not any(fnmatch.fnmatchcase(fd, p) for p in patterns)]
+        handed = plan.taps is not None  # its tun descriptors are checked as taps below
+        stray = [
+            fd
+            for fd in snap.fds
+            if not (handed and fd == TUN_PATTERN)
+            and not any(fnmatch.fnmatchcase(fd, p) for p in patterns)
+        ]
         checks.append(
             LayerCheck("fds", "allowlist", {"stray": stray, "count": len(snap.fds)}, not stray)
         )
+    if plan.taps is not None:
+        held = sorted(snap.taps.values())
+        checks.append(LayerCheck("taps", sorted(plan.taps), held, held == sorted(plan.taps)))
     return checks
 
 

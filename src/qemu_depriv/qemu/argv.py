@@ -16,6 +16,7 @@ Golden files in tests/unit/golden/ fix the output; regenerate them with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from qemu_depriv.accounts.chain import Decision
@@ -133,13 +134,15 @@ def standalone_argv(
     accel: str = "tcg",
     restrict: bool = True,
     seccomp: bool = True,
+    nics: Sequence[str] = (),
 ) -> list[str]:
     """QEMU runs the VM itself: a PC with TCG (or KVM), no default devices, no display.
 
-    ``qmp`` is the socket QEMU listens on; ``chroot`` its empty root (None: the layer is off).
+    ``qmp`` is the socket QEMU listens on; ``chroot`` its empty root (None: the layer is off);
+    ``nics`` the options of its NICs (:func:`qemu_depriv.qemu.taps.standalone_taps`).
 
     The config's display, graphics, serial ports, boot order and disks are emulated as in
-    Xen mode; its vifs are not (see :func:`standalone_warnings`).
+    Xen mode.
 
     Raises:
         EnvironmentFailure: see :func:`runas_args`.
@@ -173,6 +176,7 @@ def standalone_argv(
         *(vga_args(config) if config.vga is not None else []),
         *(["-boot", f"order={config.boot}"] if config.boot else []),
         *disks,
+        *nics,
         "-S",
         *qmp_args(qmp),
         *config.device_model_args,
@@ -185,8 +189,4 @@ def standalone_argv(
 def standalone_warnings(config: DomainConfig) -> list[str]:
     """What a standalone VM leaves out of its config."""
     _, warnings = disk_args(config)
-    if config.vifs:
-        warnings.append(
-            f"{len(config.vifs)} vif(s) not emulated in standalone mode: the VM has no network"
-        )
     return warnings

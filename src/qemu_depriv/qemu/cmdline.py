@@ -359,6 +359,20 @@ def shape_of(cmdline: CommandLine) -> Shape:
     )
 
 
+def handed_over_tap(settings: Mapping[str, str]) -> bool:
+    """Whether qemu-depriv opens this tap for QEMU (:mod:`qemu_depriv.qemu.taps`).
+
+    A tap named by ``ifname=``, single-queue, with no descriptor or helper of its own: such a
+    tap is passed as ``fd=`` and QEMU runs no script for it.  Any other tap QEMU opens itself.
+    """
+    return (
+        settings.get("type") == "tap"
+        and "ifname" in settings
+        and not {"fd", "fds", "vhostfds", "helper"} & settings.keys()
+        and settings.get("queues", "1") == "1"
+    )
+
+
 def _tap_refusal(option: Option) -> str | None:
     settings = opts(option)
     kind = settings.get("type", "")
@@ -370,6 +384,17 @@ def _tap_refusal(option: Option) -> str | None:
                 return f"runs {key} {settings[key]!r} as root"
         if "helper" in settings:
             return f"runs the helper {settings['helper']!r}"
+        own_fds = {"fd", "fds"} & settings.keys()
+        if (
+            kind == "tap"
+            and not handed_over_tap(settings)
+            and not own_fds
+            and "script" not in settings
+        ):
+            return (
+                "QEMU runs its default /etc/qemu-ifup as root for it: add script=no,"
+                "downscript=no, or name the tap with ifname= for qemu-depriv to open"
+            )
     if kind == "user" and "cmd:" in settings.get("guestfwd", ""):
         return "runs a command for guest forwarding"
     return None

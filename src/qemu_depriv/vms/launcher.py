@@ -1,10 +1,11 @@
 """Launch, verify and resume device models (DESIGN.md, "Launch, verify, tear down").
 
 Launch: lease the domid and name; resolve the account; lease its uid; probe QEMU; plan every
-isolation layer (:mod:`qemu_depriv.isolation.layers`); build the argv; create the run
-directory (owned by the VM's uid), the empty chroot and the cgroup; spawn QEMU paused inside
-them (:mod:`qemu_depriv.isolation.jail`); finish a QMP handshake; read /proc and check every
-planned layer; only then ``cont``.  A launch that fails after the lease is torn down by the
+isolation layer (:mod:`qemu_depriv.isolation.layers`); check the VM's bridges; build the argv;
+create the run directory (owned by the VM's uid), the empty chroot and the cgroup; open the
+VM's taps (:mod:`qemu_depriv.vms.taps`); spawn QEMU paused inside them, handed the taps
+(:mod:`qemu_depriv.isolation.jail`); finish a QMP handshake; read /proc and check every planned
+layer; only then ``cont``.  A launch that fails after the lease is torn down by the
 same teardown as ``stop`` (:mod:`qemu_depriv.vms.teardown`), which keeps the lease when
 anything of the VM survives.
 
@@ -44,10 +45,12 @@ from qemu_depriv.isolation.scopes import vm_group
 from qemu_depriv.qemu.argv import standalone_argv, standalone_warnings
 from qemu_depriv.qemu.caps import CapsProbe
 from qemu_depriv.qemu.qmp import QmpConnection
+from qemu_depriv.qemu.taps import TapPlan, standalone_taps, with_fds
 from qemu_depriv.qemu.xen import device_model_need, xen_argv, xen_pv_argv
 from qemu_depriv.settings import Settings
 from qemu_depriv.vms.paths import VmPaths, vm_paths
 from qemu_depriv.vms.store import Mode, StateStore, VmRecord, current_owner, smallest_free_domid
+from qemu_depriv.vms.taps import check_taps, open_taps
 from qemu_depriv.vms.teardown import Teardown
 from qemu_depriv.xl.domain import DomainConfig
 
@@ -82,6 +85,8 @@ class Plan:
     paths: VmPaths
     layers: LayerPlan
     warnings: tuple[str, ...] = ()
+    #: The taps the launcher opens and hands QEMU; ``argv`` holds ``fd=@NAME`` for each.
+    taps: tuple[TapPlan, ...] = ()
 
 
 @dataclass
@@ -149,6 +154,7 @@ class Launcher:
             )
         chroot = paths.chroot if layers.chroot else None
         warnings: list[str] = []
+        taps: list[TapPlan] = []
         if request.mode == Mode.XEN:
             build = xen_argv if config.type == "hvm" else xen_pv_argv
             argv = build(
@@ -162,13 +168,20 @@ class Launcher:
                     "KVM was asked for but does not work here (/dev/kvm missing, or the CPU "
                     "lacks virtualisation): use --accel tcg"
                 )
+            taps, nics, tap_warnings = standalone_taps(config, domid)
+            check_taps(taps)
             argv = standalone_argv(
                 caps, config, decision, qmp=paths.qmp, chroot=chroot, accel=accel,
-                restrict=restrict, seccomp=layers.seccomp,
+                restrict=restrict, seccomp=layers.seccomp, nics=nics,
             )  # fmt: skip
-            warnings = standalone_warnings(config)
-        plan = self.layers_for(VmShape.of(config, request.mode), decision, request.mode, domid)
-        return Plan(config.name, request.mode, domid, decision, argv, paths, plan, tuple(warnings))
+            warnings = [*standalone_warnings(config), *tap_warnings]
+        handed = tuple(t.name for t in taps) if request.mode == Mode.STANDALONE else None
+        vm = VmShape.of(config, request.mode, handed)
+        plan = self.layers_for(vm, decision, request.mode, domid)
+        return Plan(
+            config.name, request.mode, domid, decision, argv, paths, plan, tuple(warnings),
+            tuple(taps),
+        )  # fmt: skip
 
     def layers_for(self, vm: VmShape, decision: Decision, mode: Mode, domid: int) -> LayerPlan:
         """Every layer of ``vm``'s device model, its group placed where this host wants it.
@@ -276,11 +289,18 @@ class Launcher:
                     cgroup = vm_group(self.cgroup_host(), plan.layers.cgroup)
                     cgroup.create(plan.layers.cgroup)
                 jail = self.jail_for(plan.layers, cgroup)
-                process = spawn(
-                    jail.wrap(plan.argv), env=env, stderr_fd=log_fd,
-                    before_exec=jail.before_exec(), pass_fds=pass_fds,
-                )  # fmt: skip
-                started = _Started(plan.argv, process, log_fd)
+                taps = open_taps(plan.taps)
+                try:
+                    if plan.taps:
+                        self.store.set_taps(domid, taps.records)
+                    argv = with_fds(plan.argv, plan.taps, taps.fds)
+                    process = spawn(
+                        jail.wrap(argv), env=env, stderr_fd=log_fd,
+                        before_exec=jail.before_exec(), pass_fds=(*pass_fds, *taps.fds),
+                    )  # fmt: skip
+                finally:
+                    taps.close()  # QEMU holds its own copies
+                started = _Started(argv, process, log_fd)
                 qemu_pid = started.qemu_pid(wrapped=jail.pid_namespace)
                 self.store.set_process(domid, *qemu_pid)
                 vlog.info("started QEMU pid %d, paused", qemu_pid[0])

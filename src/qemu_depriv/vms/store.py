@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS vms (
     verification TEXT,
     layers TEXT,
     created REAL NOT NULL,
-    supervised INTEGER NOT NULL DEFAULT 0
+    supervised INTEGER NOT NULL DEFAULT 0,
+    taps TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_vm_per_uid ON vms (uid)
     WHERE uid IS NOT NULL AND tier IS NOT 'shared';
@@ -111,6 +112,8 @@ class VmRecord:
     created: float
     #: Run by a supervisor (``qemu-depriv run``), which stays the lease's owner while it runs.
     supervised: bool = False
+    #: The taps the launcher opened for QEMU (:mod:`qemu_depriv.vms.taps`), as recorded.
+    taps: list[dict[str, Any]] | None = None
 
     @property
     def process(self) -> tuple[int, int] | None:
@@ -141,13 +144,23 @@ class VmRecord:
 def _migrate(connection: sqlite3.Connection) -> None:
     """Bring a store written by an earlier version up to this schema."""
     columns = {row["name"] for row in connection.execute("PRAGMA table_info(vms)")}
-    if "layers" not in columns:  # before the layer model
-        connection.execute("ALTER TABLE vms ADD COLUMN layers TEXT")
-    if "supervised" not in columns:  # before `run`
-        connection.execute("ALTER TABLE vms ADD COLUMN supervised INTEGER NOT NULL DEFAULT 0")
+    added = {
+        "layers": "layers TEXT",  # before the layer model
+        "supervised": "supervised INTEGER NOT NULL DEFAULT 0",  # before `run`
+        "taps": "taps TEXT",  # before taps
+    }
+    for name, column in added.items():
+        if name not in columns:
+            try:
+                connection.execute(f"ALTER TABLE vms ADD COLUMN {column}")
+            except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise
     (sql,) = connection.execute("SELECT sql FROM sqlite_master WHERE name = 'vms'").fetchone()
     if "'stopping'" not in sql:  # before the stopping state: rebuild with the new CHECK
-        names = ", ".join(sorted(columns | {"layers", "supervised"}))  # its own column names
+        names = ", ".join(
+            sorted(columns | {"layers", "supervised", "taps"})
+        )  # its own column names
         copy = f"INSERT INTO vms ({names}) SELECT {names} FROM vms_old;"  # noqa: S608 - not input
         connection.executescript(
             "BEGIN IMMEDIATE; ALTER TABLE vms RENAME TO vms_old; DROP INDEX one_vm_per_uid;"
@@ -161,7 +174,7 @@ def _record(row: sqlite3.Row) -> VmRecord:
     values["supervised"] = bool(values["supervised"])
     values["mode"] = Mode(values["mode"])
     values["state"] = LeaseState(values["state"])
-    for key in ("decision", "verification"):
+    for key in ("decision", "verification", "taps"):
         values[key] = json.loads(values[key]) if values[key] else None
     layers = values["layers"]
     values["layers"] = LayerPlan.from_dict(json.loads(layers)) if layers else None
@@ -350,6 +363,11 @@ class StateStore:
                  record.owner_pid, record.owner_start),
             ).rowcount  # fmt: skip
         return self.get(record.domid) if changed else None
+
+    def set_taps(self, domid: int, taps: list[dict[str, Any]]) -> None:
+        """Record the taps opened for a VM being started (before QEMU is spawned)."""
+        with self._transaction() as db:
+            db.execute("UPDATE vms SET taps = ? WHERE domid = ?", (json.dumps(taps), domid))
 
     def set_running(self, domid: int, verification: dict[str, Any]) -> None:
         """Mark a VM verified and running."""

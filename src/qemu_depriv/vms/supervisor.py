@@ -54,8 +54,10 @@ from qemu_depriv.qemu.cmdline import (
     shape_of,
     supervised_argv,
 )
+from qemu_depriv.qemu.taps import TapPlan, command_line_taps, opens_own_taps
 from qemu_depriv.vms.launcher import SOCKET_PATH_MAX, Launcher, Plan
 from qemu_depriv.vms.store import LeaseState, Mode, current_owner
+from qemu_depriv.vms.taps import check_taps
 from qemu_depriv.xl.domain import validate_domain_name, validate_domid
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,8 @@ class Prepared:
     mode: Mode
     #: libxl's capability probe (Xen 4.20 and later), run as it is: no VM at all.
     libxl_probe: bool = False
+    #: The taps the command line names by ``ifname=``, which the launcher opens for QEMU.
+    taps: tuple[TapPlan, ...] = ()
 
 
 @dataclass
@@ -147,10 +151,11 @@ class Supervisor:
             raise PolicyRefusal(
                 f"QEMU option {problems[0]}; it would undo the deprivileging: remove it{more}"
             )
+        cmdline, taps = command_line_taps(cmdline)
         return Prepared(
             cmdline, caps, shape, validate_domain_name(name),
             validate_domid(domid) if domid is not None else None,
-            Mode.XEN if shape.domid is not None else Mode.STANDALONE,
+            Mode.XEN if shape.domid is not None else Mode.STANDALONE, taps=tuple(taps),
         )  # fmt: skip
 
     def run(self, request: RunRequest) -> int:
@@ -206,15 +211,20 @@ class Supervisor:
                 "QEMU built with libseccomp, or turn the layer off ([layers] seccomp = false)"
             )
         chroot = paths.chroot if layers.chroot else None
+        check_taps(prepared.taps)
         extra = [
             "-S", *qmp_args(paths.qmp),
             *(sandbox_args(caps, decision) if layers.seccomp else []),
             *runas_args(caps, decision, chroot),
         ]  # fmt: skip
         argv = supervised_argv(prepared.cmdline, control_socket=control, extra=extra)
-        vm = VmShape(prepared.name, shape.memory_mib, shape.network, shape.files)
+        own_taps = opens_own_taps(prepared.cmdline)
+        handed = None if own_taps else tuple(t.name for t in prepared.taps)
+        vm = VmShape(prepared.name, shape.memory_mib, shape.network, shape.files, handed)
         plan = launcher.layers_for(vm, decision, prepared.mode, domid)
-        return Plan(prepared.name, prepared.mode, domid, decision, argv, paths, plan)
+        return Plan(
+            prepared.name, prepared.mode, domid, decision, argv, paths, plan, taps=prepared.taps
+        )
 
     def _supervise(
         self,

@@ -45,6 +45,7 @@ from qemu_depriv.vms.store import (
     VmStatus,
     current_owner,
 )
+from qemu_depriv.vms.taps import remove_leftover_taps
 
 log = logging.getLogger(__name__)
 #: (uid_t)-2: no account's, and ownerless unless root hands it to a process.
@@ -103,6 +104,11 @@ class Teardown:
                 )
         if process is not None and is_alive(*process):
             raise EnvironmentFailure(f"QEMU pid {process[0]} of {record.name!r} survived SIGKILL")
+        if taps_left := remove_leftover_taps(record.taps or []):
+            raise EnvironmentFailure(
+                f"tap(s) {', '.join(taps_left)} of {record.name!r} outlived QEMU and could not be "
+                f"removed: see 'ip link show {taps_left[0]}'; the lease is kept"
+            )
         warnings = self.remove_dirs(vm_paths(self.settings.state_dir, record.domid))
         if cgroup is not None:
             cgroup.remove()

@@ -29,6 +29,8 @@ class Vif:
     model: str
     type: str
     vifname: str | None
+    #: The MTU xl gives the vif's backend (``mtu=``), None: the bridge's.
+    mtu: int | None = None
 
 
 def parse_vif(spec: str, devid: int, source: str = "<config>") -> Vif:
@@ -61,6 +63,9 @@ def parse_vif(spec: str, devid: int, source: str = "<config>") -> Vif:
     vif_type = settings.get("type", "ioemu")
     if vif_type not in ("ioemu", "vif"):
         raise bad_spec(source, "vif", spec, f"type {vif_type!r} is unknown: use ioemu or vif")
+    mtu = settings.get("mtu")
+    if mtu is not None and not (mtu.isdigit() and 68 <= int(mtu) <= 65535):
+        raise bad_spec(source, "vif", spec, f"mtu {mtu!r} is not a number from 68 to 65535")
     return Vif(
         devid=devid,
         mac=mac.lower() if mac else None,
@@ -68,6 +73,7 @@ def parse_vif(spec: str, devid: int, source: str = "<config>") -> Vif:
         model=settings.get("model", "rtl8139"),
         type=vif_type,
         vifname=settings.get("vifname"),
+        mtu=int(mtu) if mtu is not None else None,
     )
 
 

@@ -277,3 +277,35 @@ def test_the_capability_probe_picks_the_form_this_qemu_offers(host: Host, saw: S
         chosen = ["-runas", argv[argv.index("-runas") + 1]]
         assert chosen[1] == runas
     saw("qemu", {"version": ".".join(map(str, version)), "chosen form": " ".join(chosen)})
+
+
+def test_a_nic_on_a_bridge_is_a_tap_the_launcher_hands_qemu_and_takes_away(
+    host: Host, saw: Saw
+) -> None:
+    """The guest is disposable: its own network namespace gets the bridge."""
+    bridge = "qdbr0"
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    try:
+        subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+        assert host.workdir is not None
+        path = host.workdir / "nic.cfg"
+        path.write_text(
+            'name = "nic"\ntype = "hvm"\nmemory = 64\nvcpus = 1\n'
+            f"vif = [ 'mac=00:16:3e:4e:00:09,bridge={bridge},model=e1000' ]\n"
+        )
+        code, vm, stderr = host.json("launch", str(path), "--start-timeout", START_TIMEOUT)
+        assert code == 0, stderr
+        tap = f"vif{vm['domid']}.0-emu"
+        shown = json.loads(
+            subprocess.run(["ip", "-j", "link", "show", tap], capture_output=True, text=True,
+                           check=True).stdout
+        )[0]  # fmt: skip
+        saw("tap", {k: shown.get(k) for k in ("ifname", "master", "address", "mtu")})
+        assert (shown["master"], shown["address"]) == (bridge, "fe:16:3e:4e:00:09")
+        saw("verified", vm["verification"]["layers"]["taps"])
+        assert vm["verification"]["layers"]["taps"]["observed"] == [tap]
+        host.stop("nic")
+        gone = subprocess.run(["ip", "link", "show", tap], capture_output=True, check=False)
+        assert gone.returncode != 0
+    finally:
+        subprocess.run(["ip", "link", "delete", bridge], check=False)
