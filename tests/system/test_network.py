@@ -13,14 +13,13 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.system.vmhost import VmHost, leftovers, wait_for
+from tests.system.vmhost import VmHost, in_netns, leftovers, private_netns, wait_for
 
 SNIFF = Path(__file__).with_name("sniff.py")
 MAC1 = "00:16:3e:4e:00:01"
@@ -40,23 +39,14 @@ def links(netns: str) -> list[str]:
 @pytest.fixture
 def netns() -> Iterator[str]:
     """A network namespace with a bridge ``br0``, up, and nothing else but ``lo``."""
-    name = f"qd-net-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        for args in (("link", "add", "br0", "type", "bridge"), ("link", "set", "br0", "up")):
-            done = ip(name, *args)
-            assert done.returncode == 0, done.stderr
+    with private_netns("br0") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
 @pytest.fixture
 def nethost(tmp_path: Path, netns: str) -> Iterator[VmHost]:
     """A test host whose commands run in ``netns``; fails if a process of a VM's uid survives."""
-    # nsenter, not ip netns exec: that mounts a sysfs of the namespace over /sys, and the
-    # cgroup hierarchies under it with it.
-    host = VmHost(tmp_path, prefix=("nsenter", f"--net=/run/netns/{netns}", "--"))
+    host = VmHost(tmp_path, prefix=in_netns(netns))
     try:
         yield host
     finally:

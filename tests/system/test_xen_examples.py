@@ -7,10 +7,11 @@ unpacks (never installs) into .venv/xen-examples.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.system.vmhost import RANGE_BASE, VmHost, leftovers
+from tests.system.vmhost import RANGE_BASE, VmHost, in_netns, leftovers, private_netns
 
 EXAMPLES = Path(__file__).parents[2] / ".venv" / "xen-examples" / "etc" / "xen"
 
@@ -58,11 +59,26 @@ def test_a_pv_example_cannot_run_standalone(vmhost: VmHost) -> None:
     assert "cannot run standalone" in done.stderr
 
 
-def test_the_hvm_example_runs_standalone_without_its_vif(vmhost: VmHost) -> None:
-    code, plan, stderr = vmhost.json("launch", example("xlexample.hvm"), "--dry-run")
-    assert code == 0, stderr
-    assert any("vif" in warning for warning in plan["warnings"])
-    assert "-netdev" not in plan["argv"]
+def dry_run_in(netns: str, root: Path, config: str) -> tuple[int, dict[str, Any], str]:
+    host = VmHost(root, prefix=in_netns(netns))
+    try:
+        return host.json("launch", config, "--dry-run")
+    finally:
+        host.teardown()
+
+
+def test_the_hvm_example_gets_its_nic_on_xenbr0_standalone(tmp_path: Path) -> None:
+    """Its ``vif = [ '' ]`` is an rtl8139 on a tap in xenbr0: refused where there is no xenbr0."""
+    with private_netns() as bare, private_netns("xenbr0") as bridged:
+        code, _, stderr = dry_run_in(bare, tmp_path / "bare", example("xlexample.hvm"))
+        assert code == 4
+        assert "ip link add xenbr0 type bridge" in stderr
+        code, plan, stderr = dry_run_in(bridged, tmp_path / "bridged", example("xlexample.hvm"))
+        assert code == 0, stderr
+    assert [t["name"] for t in plan["taps"]] == ["vif1.0-emu"]
+    argv = plan["argv"]
+    assert argv[argv.index("-netdev") + 1] == "tap,id=net0,fd=@vif1.0-emu"
+    assert argv[argv.index("-device", argv.index("-netdev")) + 1].startswith("rtl8139,id=nic0,")
 
 
 def test_xen_mode_on_a_host_without_xen_fails_cleanly(vmhost: VmHost) -> None:

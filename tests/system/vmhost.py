@@ -11,7 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,29 @@ class VmHost:
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.state_dir.parent, ignore_errors=True)
         return left
+
+
+@contextlib.contextmanager
+def private_netns(*bridges: str) -> Iterator[str]:
+    """A network namespace of the test's own (``ip netns add``) with ``bridges``, up."""
+    name = f"qd-net-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for bridge in bridges:
+            for args in (("link", "add", bridge, "type", "bridge"), ("link", "set", bridge, "up")):
+                subprocess.run(["ip", "-n", name, *args], check=True, capture_output=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+def in_netns(netns: str) -> tuple[str, ...]:
+    """The prefix that runs a command in ``netns``.
+
+    nsenter, not ip netns exec: that mounts a sysfs of the namespace over /sys, and the cgroup
+    hierarchies under it with it.
+    """
+    return ("nsenter", f"--net=/run/netns/{netns}", "--")
 
 
 def start_escapee(uid: int, gid: int) -> None:

@@ -18,6 +18,7 @@ Mounts are read from /proc/self/mountinfo; the cgroup root is injectable for tes
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -197,14 +198,16 @@ class CgroupHost:
 
 
 def _write(path: Path, value: str, *, missing_ok: bool = False) -> None:
+    """Write a group's file.
+
+    ``missing_ok``: a group that is gone or going (ENOENT, or the ENODEV of a group being
+    removed) is no error.
+    """
     try:
         path.write_text(value)
-    except FileNotFoundError as exc:
-        if not missing_ok:
-            raise EnvironmentFailure(
-                f"cgroup: cannot write {value!r} to {path}: it is gone"
-            ) from exc
     except OSError as exc:
+        if missing_ok and exc.errno in (errno.ENOENT, errno.ENODEV):
+            return
         raise EnvironmentFailure(
             f"cgroup: cannot write {value!r} to {path}: {exc.strerror}"
         ) from exc
@@ -321,7 +324,8 @@ class VmCgroup:
         for directory in self.directories():
             if self._is_v2(directory) and (directory / "cgroup.kill").exists():
                 # A group that vanished meanwhile has no member left: systemd removes a scope's
-                # group as soon as it is empty (QEMU just quit).
+                # group as soon as it is empty (QEMU just quit); the write then fails with
+                # ENOENT, or ENODEV while the removal is under way (both seen on Debian 13).
                 _write(directory / "cgroup.kill", "1", missing_ok=True)
             elif directory.exists():
                 v1.append(directory)

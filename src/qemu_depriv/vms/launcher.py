@@ -169,11 +169,11 @@ class Launcher:
                     "lacks virtualisation): use --accel tcg"
                 )
             taps, nics, tap_warnings = standalone_taps(config, domid)
-            check_taps(taps)
             argv = standalone_argv(
                 caps, config, decision, qmp=paths.qmp, chroot=chroot, accel=accel,
                 restrict=restrict, seccomp=layers.seccomp, nics=nics,
             )  # fmt: skip
+            check_taps(taps)  # after the config's own refusals: a PV domain is exit 2
             warnings = [*standalone_warnings(config), *tap_warnings]
         handed = tuple(t.name for t in taps) if request.mode == Mode.STANDALONE else None
         vm = VmShape.of(config, request.mode, handed)
