@@ -197,16 +197,21 @@ class CgroupHost:
         return gone
 
 
+#: What reading or writing a group's file gives once the group is gone (ENOENT) or is being
+#: removed (ENODEV): systemd removes a scope's group the moment it empties, so a teardown
+#: racing it sees either (both seen on Debian 12 and 13).
+GONE = (errno.ENOENT, errno.ENODEV)
+
+
 def _write(path: Path, value: str, *, missing_ok: bool = False) -> None:
     """Write a group's file.
 
-    ``missing_ok``: a group that is gone or going (ENOENT, or the ENODEV of a group being
-    removed) is no error.
+    ``missing_ok``: a group that is gone or going (:data:`GONE`) is no error.
     """
     try:
         path.write_text(value)
     except OSError as exc:
-        if missing_ok and exc.errno in (errno.ENOENT, errno.ENODEV):
+        if missing_ok and exc.errno in GONE:
             return
         raise EnvironmentFailure(
             f"cgroup: cannot write {value!r} to {path}: {exc.strerror}"
@@ -310,8 +315,11 @@ class VmCgroup:
         """Every process in the group, in any hierarchy."""
         pids: set[int] = set()
         for directory in self.directories():
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 pids |= {int(p) for p in (directory / "cgroup.procs").read_text().split()}
+            except OSError as exc:
+                if exc.errno not in GONE:
+                    raise
         return pids
 
     def kill(self, *, timeout: float = 5.0) -> None:
@@ -323,9 +331,7 @@ class VmCgroup:
         v1 = []
         for directory in self.directories():
             if self._is_v2(directory) and (directory / "cgroup.kill").exists():
-                # A group that vanished meanwhile has no member left: systemd removes a scope's
-                # group as soon as it is empty (QEMU just quit); the write then fails with
-                # ENOENT, or ENODEV while the removal is under way (both seen on Debian 13).
+                # A group that vanished meanwhile has no member left (see GONE).
                 _write(directory / "cgroup.kill", "1", missing_ok=True)
             elif directory.exists():
                 v1.append(directory)
