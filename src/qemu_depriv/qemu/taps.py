@@ -41,6 +41,7 @@ from qemu_depriv.qemu.cmdline import (
     Option,
     handed_over_tap,
     join_opts,
+    opts,
     split_opts,
 )
 from qemu_depriv.xl.domain import DomainConfig
@@ -148,7 +149,7 @@ def _handed_over(option: Option) -> TapPlan | None:
     """The tap ``option`` names for the launcher to open, or None when QEMU keeps it."""
     if option.name not in ("netdev", "nic", "net"):
         return None
-    settings = dict(split_opts(option.value or "", IMPLIED_KEYS[option.name]))
+    settings = opts(option)
     if not handed_over_tap(settings):
         return None
     name = settings["ifname"]
@@ -212,7 +213,7 @@ def opens_own_taps(cmdline: CommandLine) -> bool:
     """
     for option in cmdline.options:
         if option.name in ("netdev", "nic", "net"):
-            settings = dict(split_opts(option.value or "", IMPLIED_KEYS[option.name]))
+            settings = opts(option)
             if settings.get("type") == "tap" and not settings.get("fd", "").startswith("@"):
                 return True
     return False

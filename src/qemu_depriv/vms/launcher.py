@@ -43,7 +43,7 @@ from qemu_depriv.isolation.layers import (
 )
 from qemu_depriv.isolation.scopes import vm_group
 from qemu_depriv.qemu.argv import standalone_argv, standalone_warnings
-from qemu_depriv.qemu.caps import CapsProbe
+from qemu_depriv.qemu.caps import CapsProbe, QemuCaps
 from qemu_depriv.qemu.qmp import QmpConnection
 from qemu_depriv.qemu.taps import TapPlan, standalone_taps, with_fds
 from qemu_depriv.qemu.xen import device_model_need, xen_argv, xen_pv_argv
@@ -147,11 +147,7 @@ class Launcher:
                 f"path ({len(str(paths.qmp))} > {SOCKET_PATH_MAX} bytes): use a shorter --state-dir"
             )
         caps = self.probe.probe(self._binary(request))
-        if layers.seccomp and not caps.sandbox:
-            raise EnvironmentFailure(
-                f"QEMU {caps.binary} has no -sandbox, which the seccomp layer needs: install a "
-                "QEMU built with libseccomp, or turn the layer off ([layers] seccomp = false)"
-            )
+        self.require_sandbox(caps)
         chroot = paths.chroot if layers.chroot else None
         warnings: list[str] = []
         taps: list[TapPlan] = []
@@ -182,6 +178,18 @@ class Launcher:
             config.name, request.mode, domid, decision, argv, paths, plan, tuple(warnings),
             tuple(taps),
         )  # fmt: skip
+
+    def require_sandbox(self, caps: QemuCaps) -> None:
+        """Refuse a QEMU without ``-sandbox`` when the seccomp layer is on.
+
+        Raises:
+            EnvironmentFailure: the binary was built without libseccomp.
+        """
+        if self.settings.layers.seccomp and not caps.sandbox:
+            raise EnvironmentFailure(
+                f"QEMU {caps.binary} has no -sandbox, which the seccomp layer needs: install a "
+                "QEMU built with libseccomp, or turn the layer off ([layers] seccomp = false)"
+            )
 
     def layers_for(self, vm: VmShape, decision: Decision, mode: Mode, domid: int) -> LayerPlan:
         """Every layer of ``vm``'s device model, its group placed where this host wants it.

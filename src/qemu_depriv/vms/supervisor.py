@@ -205,11 +205,7 @@ class Supervisor:
                 "use a shorter state_dir"
             )
         layers = settings.layers
-        if layers.seccomp and not caps.sandbox:
-            raise EnvironmentFailure(
-                f"QEMU {caps.binary} has no -sandbox, which the seccomp layer needs: install a "
-                "QEMU built with libseccomp, or turn the layer off ([layers] seccomp = false)"
-            )
+        launcher.require_sandbox(caps)
         chroot = paths.chroot if layers.chroot else None
         check_taps(prepared.taps)
         extra = [
