@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from qemu_depriv.host.procfs import parse_start_time, parse_status
+from qemu_depriv.host.procfs import (
+    live_pids_of_uid,
+    parse_start_time,
+    parse_stat,
+    parse_status,
+    read_status,
+)
 
 SAMPLES = Path(__file__).parent / "samples"
 QEMU_STATUS = (SAMPLES / "qemu-runas-status.txt").read_bytes()
@@ -195,3 +201,54 @@ def test_non_numeric_start_time_is_a_value_error() -> None:
 def test_truncated_stat_line_is_a_value_error() -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - the point is the exception type alone
         parse_start_time(b"123 (qemu) S 1 2 3")
+
+
+def test_state_and_start_time_of_a_stat_line() -> None:
+    assert parse_stat(stat_line(b"a) Z b", 4242)) == ("S", 4242)
+    assert parse_stat(stat_line(b"q", 7).replace(b") S ", b") Z ", 1)) == ("Z", 7)
+
+
+# -- the scan for a uid's processes ---------------------------------------------------------
+
+
+def fake_proc(root: Path, processes: dict[str, bytes]) -> Path:
+    """A /proc-like tree: one directory per entry, holding its status file."""
+    for name, status in processes.items():
+        (root / name).mkdir()
+        (root / name / "status").write_bytes(status)
+    return root
+
+
+def test_the_scan_finds_a_uid_in_any_of_the_four_places(tmp_path: Path) -> None:
+    proc = fake_proc(
+        tmp_path,
+        {
+            "10": edited(QEMU_STATUS, "Uid", "5000\t5000\t5000\t5000"),
+            "11": edited(QEMU_STATUS, "Uid", "1\t2\t5000\t3"),
+            "12": edited(QEMU_STATUS, "Uid", "1\t2\t3\t5000"),
+            "13": edited(QEMU_STATUS, "Uid", "1\t2\t3\t4"),
+            "14": edited(
+                edited(QEMU_STATUS, "Uid", "5000\t5000\t5000\t5000"), "State", "Z (zombie)"
+            ),
+            "15": edited(QEMU_STATUS, "Uid", "five"),
+            "16": b"",
+            "self": edited(QEMU_STATUS, "Uid", "5000\t5000\t5000\t5000"),
+        },
+    )
+    assert sorted(live_pids_of_uid(5000, proc)) == [10, 11, 12]
+    assert live_pids_of_uid(4, proc) == [13]
+
+
+def test_the_scan_agrees_with_the_full_parser_on_this_host() -> None:
+    by_parser: dict[int, set[int]] = {}
+    for entry in Path("/proc").iterdir():
+        status = read_status(int(entry.name)) if entry.name.isdigit() else None
+        if status is not None and not status.zombie:
+            for uid in set(status.uids):
+                by_parser.setdefault(uid, set()).add(int(entry.name))
+    assert by_parser
+    for uid, pids in by_parser.items():
+        found = set(live_pids_of_uid(uid))
+        # A process may exit meanwhile: those still there must have been found.
+        still = {p for p in pids if (s := read_status(p)) is not None and not s.zombie}
+        assert still <= found, uid

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from qemu_depriv.host.procfs import read_status, start_time
+from qemu_depriv.host.procfs import start_time, state_and_start
 
 #: The longest pause between two polls of :func:`wait_until`.
 _POLL = 0.01
@@ -27,10 +27,8 @@ def has_exited(pid: int, started: int) -> bool:
 
 def is_alive(pid: int, started: int, proc: Path = Path("/proc")) -> bool:
     """Whether ``pid`` is still the process that started at ``started`` and is not a zombie."""
-    if start_time(pid, proc) != started:
-        return False
-    status = read_status(pid, proc)
-    return status is not None and not status.zombie
+    found = state_and_start(pid, proc)
+    return found is not None and found[1] == started and found[0] not in ("Z", "X")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
