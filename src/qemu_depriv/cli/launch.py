@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 from qemu_depriv.cli.context import Commands, Context
 from qemu_depriv.cli.output import describe_decision, emit_json, warn
-from qemu_depriv.xl.domain import validate_domid
 
 if TYPE_CHECKING:
     from qemu_depriv.vms.paths import VmPaths
@@ -67,6 +66,7 @@ def run(args: argparse.Namespace, context: Context) -> int:
     from qemu_depriv.vms.launcher import LaunchRequest
     from qemu_depriv.vms.store import Mode
     from qemu_depriv.xl.config import load_domain
+    from qemu_depriv.xl.domain import validate_domid
 
     request = LaunchRequest(
         config=load_domain(args.domain_file),

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qemu_depriv.accounts.chain import Decision
-from qemu_depriv.errors import QemuDeprivError
+if TYPE_CHECKING:
+    from qemu_depriv.accounts.chain import Decision
+    from qemu_depriv.errors import QemuDeprivError
 
 
 def emit_json(data: Any) -> None:
     """Print ``data`` as one JSON document on stdout."""
-    json.dump(data, sys.stdout, indent=2, sort_keys=False)
-    sys.stdout.write("\n")
+    # One write: json.dump writes piece by piece, a system call each when stdout is unbuffered.
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def warn(message: str) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 from qemu_depriv.cli.context import Commands, Context
 from qemu_depriv.cli.output import emit_json
 from qemu_depriv.errors import InvalidInput, PolicyRefusal
-from qemu_depriv.xl.domain import validate_domain_name
 
 KINDS = ("range", "shared", "reaper", "user")
 
@@ -74,4 +73,6 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if args.base is not None and args.kind != "range":
         raise InvalidInput("--base is for 'provision range' only")
     if args.name is not None:
+        from qemu_depriv.xl.domain import validate_domain_name
+
         validate_domain_name(args.name)

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from qemu_depriv.accounts.chain import Request, resolve
-from qemu_depriv.accounts.names import validate_user_name
 from qemu_depriv.cli.context import Commands, Context
 from qemu_depriv.cli.output import describe_decision, emit_json, warn
-from qemu_depriv.xl.domain import validate_domain_name, validate_domid
 
 
 def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
@@ -31,6 +28,10 @@ def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, context: Context) -> int:
     """Resolve and print; errors propagate to the caller."""
+    from qemu_depriv.accounts.chain import Request, resolve
+    from qemu_depriv.accounts.names import validate_user_name
+    from qemu_depriv.xl.domain import validate_domain_name, validate_domid
+
     request = Request(
         domid=validate_domid(args.domid),
         name=validate_domain_name(args.name) if args.name is not None else None,

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from qemu_depriv.cli.context import Commands, Context
-from qemu_depriv.xl.domain import validate_domid
 
 
 def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
@@ -42,6 +41,7 @@ def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, context: Context) -> int:
     """Start, verify, supervise; exit 0 on a stop signal, QEMU's status when it exits."""
     from qemu_depriv.vms.supervisor import RunRequest, Supervisor
+    from qemu_depriv.xl.domain import validate_domid
 
     argv = list(args.qemu)
     if argv[:1] == ["--"]:

@@ -20,6 +20,7 @@ smuggle extra options into QEMU's command line (a target is escaped where the ar
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -262,7 +263,12 @@ _RULE_TABLE: tuple[tuple[str, _Action], ...] = (
     (r"[^=,]+,?|,", _Parse.positional),
     (r".", _bad_syntax),
 )
-_RULES = tuple((re.compile(pattern), action) for pattern, action in _RULE_TABLE)
+
+
+@functools.cache
+def _rules() -> tuple[tuple[re.Pattern[str], _Action], ...]:
+    """The compiled rules, made on the first disk spec: most launches have none."""
+    return tuple((re.compile(pattern), action) for pattern, action in _RULE_TABLE)
 
 
 def _lexerr(spec: str, place: int) -> None:
@@ -289,7 +295,7 @@ def _lex(spec: str) -> _Parse:
     parse, place = _Parse(), 0
     while place < len(spec):
         best: tuple[re.Match[str], _Action] | None = None
-        for pattern, action in _RULES:
+        for pattern, action in _rules():
             found = pattern.match(spec, place)
             if found and (best is None or found.end() > best[0].end()):
                 best = found, action

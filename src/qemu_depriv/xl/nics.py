@@ -6,7 +6,6 @@ in it would smuggle extra options into QEMU's command line.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 
@@ -83,5 +82,7 @@ def derived_mac(domain: str, devid: int) -> str:
     libxl picks random bytes at every start; a stable address derived from the domain name
     and devid keeps the guest's NIC the same across restarts.
     """
+    import hashlib  # noqa: PLC0415 - only a NIC without a mac= needs it
+
     digest = hashlib.sha256(f"{domain}/{devid}".encode()).digest()
     return f"00:16:3e:{digest[0] & 0x7F:02x}:{digest[1]:02x}:{digest[2]:02x}"
