@@ -27,9 +27,10 @@ from typing import Any
 import pytest
 
 from qemu_depriv.accounts.chain import Decision, Tier
-from qemu_depriv.host.procfs import live_pids_of_uid, parse_status
+from qemu_depriv.host.procfs import children, cmdline, live_pids_of_uid, parse_status
 from qemu_depriv.qemu.caps import parse_caps
 from qemu_depriv.qemu.xen import xen_argv
+from qemu_depriv.vms.supervisor import WAITER
 from qemu_depriv.xl.config import domain_config
 from qemu_depriv.xl.syntax import parse_xlcfg
 from tests.system.vmhost import NSEXEC, RANGE_BASE, VmHost, leftovers, wait_for
@@ -37,6 +38,12 @@ from tests.system.vmhost import NSEXEC, RANGE_BASE, VmHost, leftovers, wait_for
 STAND_IN = Path(__file__).with_name("xen_stand_in.py")
 WRAPPER = Path(sys.executable).with_name("qemu-depriv-dm")
 QEMU = "/usr/bin/qemu-system-x86_64"
+
+
+def private_kib(pid: int) -> int:
+    """The memory only ``pid`` holds (Private_Clean + Private_Dirty of smaps_rollup), in KiB."""
+    rows = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    return sum(int(row.split()[1]) for row in rows if row.startswith("Private_"))
 
 
 def status_file(host: VmHost) -> Path:
@@ -110,6 +117,11 @@ def test_a_users_own_command_line_runs_deprivileged_and_stops_clean(vmhost: VmHo
             layers
         )
         assert str(disk) in layers["fds"]["planned"] or layers["fds"]["observed"]["stray"] == []
+        # While the VM runs, its supervisor (the same pid) is a bare interpreter that waits.
+        supervisor = state["supervisor"]
+        assert wait_for(lambda: str(WAITER) in (cmdline(supervisor) or ()), 10), cmdline(supervisor)
+        assert children(supervisor)  # QEMU's wrapper is still its child, to be reaped
+        assert private_kib(supervisor) < 8 * 1024  # against 12 MiB with the package loaded
         with socket.socket(socket.AF_UNIX) as serial:  # the console answers on its socket
             serial.connect(str(console))
         (listed,) = vmhost.vms()

@@ -18,10 +18,15 @@ Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 @dataclass(frozen=True)
 class Context:
-    """The merged settings and the output mode."""
+    """The merged settings and the output mode.
+
+    ``command_line`` starts this process again as it was started (interpreter included),
+    when the process is the command's own, not a caller's that ran :func:`main` in it.
+    """
 
     settings: Settings
     as_json: bool
+    command_line: tuple[str, ...] | None = None
 
     def launcher(self) -> Launcher:
         """A launcher (and its teardown) wired to this host, as every command builds it."""

@@ -108,14 +108,18 @@ def _configure_logging(verbose: int, debug: bool) -> None:
     log.setLevel(level)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, own_process: bool | None = None) -> int:
     """Run the command line and return its exit code.
+
+    ``own_process`` says that the process is this command's own (by default: when ``argv``
+    is the process's), so that ``run`` may exec in it (:mod:`qemu_depriv.vms.waiter`).
 
     A reader that closes the pipe early (``... --json | head -c1``) ends the command quietly,
     as any CLI ends there, with the status of a SIGPIPE.
     """
+    own = argv is None if own_process is None else own_process
     try:
-        return _main(argv)
+        return _main(argv, (sys.executable, *sys.orig_argv[1:]) if own else None)
     except BrokenPipeError:
         # Python's own flush at exit would fail again and print: point stdout at /dev/null.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -123,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _main(argv: Sequence[str] | None, command_line: tuple[str, ...] | None) -> int:
     # Paths and names are bytes to Linux: print what could not be decoded as it was read.
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
@@ -138,7 +142,8 @@ def _main(argv: Sequence[str] | None) -> int:
         settings = load_settings(args.config).with_overrides(
             prefix=args.prefix, state_dir=args.state_dir
         )
-        code: int = args.run(args, Context(settings=settings, as_json=as_json))
+        context = Context(settings=settings, as_json=as_json, command_line=command_line)
+        code: int = args.run(args, context)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at exit
     except BrokenPipeError:
         raise
@@ -171,7 +176,7 @@ def dm_main() -> int:
     """
     config = os.environ.get(CONFIG_VARIABLE)
     options = ["--config", config] if config else []
-    return main([*options, "run", "--xen", "--", *sys.argv[1:]])
+    return main([*options, "run", "--xen", "--", *sys.argv[1:]], own_process=True)
 
 
 if __name__ == "__main__":

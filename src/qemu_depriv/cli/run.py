@@ -56,4 +56,5 @@ def run(args: argparse.Namespace, context: Context) -> int:
         status_file=args.json_status,
         start_timeout=args.start_timeout,
     )
-    return Supervisor(context.launcher(), echo=sys.stderr).run(request)
+    supervisor = Supervisor(context.launcher(), echo=sys.stderr, handover=context.command_line)
+    return supervisor.run(request)

@@ -34,13 +34,15 @@ import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from qemu_depriv.accounts.chain import Request, resolve
 from qemu_depriv.errors import EnvironmentFailure, InvalidInput, PolicyRefusal
+from qemu_depriv.host.processes import wait_until
 from qemu_depriv.host.programs import BASE_ENV
 from qemu_depriv.isolation.layers import VmShape
 from qemu_depriv.qemu.argv import qmp_args, runas_args, sandbox_args
@@ -58,6 +60,7 @@ from qemu_depriv.qemu.taps import TapPlan, command_line_taps, opens_own_taps
 from qemu_depriv.vms.launcher import SOCKET_PATH_MAX, Launcher, Plan
 from qemu_depriv.vms.store import LeaseState, Mode, current_owner
 from qemu_depriv.vms.taps import check_taps
+from qemu_depriv.vms.waiter import VARIABLE, WAITED
 from qemu_depriv.xl.domain import validate_domain_name, validate_domid
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,8 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 #: Seconds QEMU gets to ``quit`` when the supervisor is told to stop.
 QUIT_TIMEOUT = 5.0
+#: What the supervisor execs while its VM runs (:mod:`qemu_depriv.vms.waiter`).
+WAITER = Path(__file__).with_name("waiter.py")
 
 
 @dataclass(frozen=True)
@@ -108,10 +113,16 @@ class Supervisor:
         launcher: the launcher (and its store, probe and teardown) the VM starts through.
         echo: where QEMU's own output is copied when it ends (the supervisor's stderr, which
             libxl keeps as the domain's qemu-dm log), or None.
+        handover: the command line that starts this process again, when the process is the
+            supervisor's own: while the VM runs, it then waits as a bare interpreter
+            (:mod:`qemu_depriv.vms.waiter`), and is started again for the teardown.
+            Without it (or under libxl's ``dm_restrict``, whose QMP socket the supervisor
+            relays while the VM runs) the supervisor waits as it is.
     """
 
     launcher: Launcher
     echo: TextIO | None = None
+    handover: tuple[str, ...] | None = None
 
     def prepare(self, request: RunRequest) -> Prepared:
         """Read the command line and refuse it if it would undo the deprivileging.
@@ -166,6 +177,8 @@ class Supervisor:
                 do; nothing is left behind.
         """
         _unbound_files()
+        if (handed := _handed_over()) is not None:
+            return self._finish(request, handed)
         prepared = self.prepare(request)
         if prepared.libxl_probe:
             exec_libxl_probe(prepared.cmdline.argv())
@@ -188,6 +201,8 @@ class Supervisor:
                     listener.close()
                 raise
             self._status(request, domid, "running")
+            if self.handover is not None and listener is None:
+                self._exec_waiter(domid, process, stopped)  # returns only when it did not
             status = self._supervise(domid, process, listener, stopped)
         self._status(request, domid, "stopped", status)
         return status
@@ -252,15 +267,50 @@ class Supervisor:
                     relay.close(selector)
                 os.close(pidfd)
         code = process.poll()
-        self._echo_log(paths.log)
+        return self._end(domid, code, lambda: process.wait(timeout=30), stopped.signal)
+
+    def _end(
+        self, domid: int, code: int | None, wait_child: Callable[[], object], signum: int | None
+    ) -> int:
+        """Tear down after QEMU's end (``code``) or a stop signal (``code`` None)."""
+        self._echo_log(self.launcher.paths(domid).log)
         ours = self._tear_down(domid, quit_timeout=QUIT_TIMEOUT if code is None else 0)
         if code is None:  # stopped by a signal: QEMU was asked to quit, its wrapper is ours
-            process.wait(timeout=30)
-            log.info("stopped on signal %d", stopped.signal)
+            wait_child()
+            log.info("stopped on signal %s", signum)
             return 0
         if not ours:  # 'qemu-depriv stop' took the VM: a stop on request, not a crash
             return 0
         return 128 - code if code < 0 else code
+
+    def _exec_waiter(self, domid: int, process: subprocess.Popen[bytes], stopped: _Stopped) -> None:
+        """Become the waiter, unless a stop signal came first or the exec fails.
+
+        The stop signals and SIGCHLD are blocked first, and stay blocked across the exec: one
+        that comes meanwhile waits for the waiter's ``sigwaitinfo``.
+        """
+        assert self.handover is not None  # noqa: S101 - the caller checked
+        signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
+        if stopped.signal is None:
+            argv = [sys.executable, "-I", "-S", str(WAITER), str(domid), str(process.pid)]
+            for stream in (sys.stdout, sys.stderr, self.echo):
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    stream.flush()  # type: ignore[union-attr]
+            try:
+                os.execv(sys.executable, [*argv, "--", *self.handover])  # noqa: S606 - no shell
+            except OSError as exc:
+                log.warning("could not exec %s (%s): supervising as it is", WAITER, exc.strerror)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, WAITED)
+
+    def _finish(self, request: RunRequest, handed: _Handover) -> int:
+        """The supervisor started again by its waiter: tear down what the waiter saw end."""
+        with _stop_signals():  # later stop signals change nothing: the teardown is under way
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, WAITED)
+            status = self._end(
+                handed.domid, handed.code, lambda: _wait_child(handed.child), handed.signum
+            )
+        self._status(request, handed.domid, "stopped", status)
+        return status
 
     def _tear_down(self, domid: int, *, quit_timeout: float) -> bool:
         """Tear the VM down; False when someone else (``stop``) already took it."""
@@ -338,6 +388,56 @@ def _stop_signals() -> Iterator[_Stopped]:
             signal.signal(signum, handler)
         os.close(stopped.read)
         os.close(stopped.write)
+
+
+@dataclass(frozen=True)
+class _Handover:
+    """What the waiter saw: QEMU's end (``code``) or a stop signal (``signum``)."""
+
+    domid: int
+    child: int
+    code: int | None = None
+    signum: int | None = None
+
+
+def _handed_over() -> _Handover | None:
+    """The waiter's ``QEMU_DEPRIV_SUPERVISED``, taken out of the environment; None without it.
+
+    A forged value can do no harm: the teardown acts only on a lease this very process
+    (pid and start time) owns.
+
+    Raises:
+        InvalidInput: the value is not what the waiter writes.
+    """
+    value = os.environ.pop(VARIABLE, None)
+    if value is None:
+        return None
+    domid, _, rest = value.partition(":")
+    child, _, event = rest.partition(":")
+    kind, _, number = event.partition(":")
+    try:
+        if kind == "lost":  # not this process's child: its end is unknown
+            return _Handover(int(domid), int(child), code=1)
+        if kind == "exit":
+            return _Handover(int(domid), int(child), code=int(number))
+        if kind == "signal":
+            return _Handover(int(domid), int(child), signum=int(number))
+    except ValueError:
+        pass
+    raise InvalidInput(f"{VARIABLE}={value!r} is not what the waiter writes: unset it")
+
+
+def _wait_child(child: int, timeout: float = 30.0) -> None:
+    """Reap ``child`` (QEMU's wrapper), waiting ``timeout`` seconds at most."""
+
+    def reaped() -> bool:
+        try:
+            return os.waitpid(child, os.WNOHANG)[0] == child
+        except ChildProcessError:
+            return True
+
+    if not wait_until(reaped, timeout):
+        log.warning("pid %d did not end within %s s of the teardown", child, timeout)
 
 
 def _unbound_files() -> None:
