@@ -25,7 +25,9 @@ Usage: python -m bench.launch OUT.json [REPETITIONS]  (20 by default; fewer for 
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,6 +53,7 @@ from bench.common import (
     wait_for_no_bench_processes,
     write_json,
 )
+from bench.forkserver import client_command
 from bench.profiling import profile_call, profile_cli
 from bench.vm import launch_raw, qd, run_qd, write_config
 from qemu_depriv.settings import Settings
@@ -60,7 +63,9 @@ from qemu_depriv.xl.domain import DomainConfig
 REPETITIONS = 20
 WARMUP = 2
 TARGETS = {"library": 1.3, "cli": 4.0}
-VARIANTS = ("raw", "library", "cli", "cli_startup", "python")
+VARIANTS = ("raw", "library", "cli", "cli_startup", "python", "prototype")
+#: Not a variant of its own: the stop of each ``prototype`` launch, timed through the prototype.
+PROTOTYPE_STOP = "prototype_stop"
 
 
 class Bench:
@@ -71,6 +76,9 @@ class Bench:
         self.state_dir = root / "s"
         self.launcher = system_launcher(Settings(state_dir=self.state_dir))
         self.count = 0
+        self.server_socket = root / "server.sock"
+        self.server: subprocess.Popen[bytes] | None = None
+        self.stops: list[float] = []
 
     def name(self, variant: str) -> str:
         self.count += 1
@@ -115,7 +123,44 @@ class Bench:
     def python() -> float:
         return timed([sys.executable, "-c", "pass"])
 
+    def prototype(self) -> float:
+        """Launch, then stop, through the resident-launcher prototype (bench.forkserver)."""
+        name = self.name("prototype")
+        config = write_config(self.root, name)
+        start = time.perf_counter()
+        launched = run(client_command(self.server_socket, *self.args("launch", str(config))))
+        seconds = time.perf_counter() - start
+        try:
+            assert launched.returncode == 0, launched.stderr[-400:]
+            data = json.loads(launched.stdout)
+            assert data.get("state") == "running", data
+            assert data.get("verification"), data
+            start = time.perf_counter()
+            stopped = run(client_command(self.server_socket, *self.args("stop", name)))
+            self.stops.append(time.perf_counter() - start)
+            assert stopped.returncode == 0, stopped.stderr[-400:]
+        finally:
+            if self.launcher.store.find(name) is not None:
+                self.launcher.teardown.stop(name)
+        return seconds
+
+    def args(self, *command: str) -> list[str]:
+        return ["--state-dir", str(self.state_dir), *command, "--json"]
+
+    def start_server(self) -> None:
+        self.server = subprocess.Popen(
+            [sys.executable, "-m", "bench.forkserver", str(self.server_socket)],
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while not self.server_socket.exists():
+            assert self.server.poll() is None, "the prototype server exited"
+            assert time.monotonic() < deadline, "the prototype server did not listen"
+            time.sleep(0.01)
+
     def stop_all(self) -> None:
+        if self.server is not None:
+            end_child(self.server, grace=5)
         for record in self.launcher.store.all() if self.launcher.store.exists() else []:
             self.launcher.teardown.stop(record.name, timeout=5)
 
@@ -155,7 +200,9 @@ def main() -> None:
         "cli": bench.cli,
         "cli_startup": bench.cli_startup,
         "python": bench.python,
+        "prototype": bench.prototype,
     }
+    bench.start_server()
     try:
         for _ in range(WARMUP):
             for variant in VARIANTS:
@@ -175,8 +222,13 @@ def main() -> None:
         {
             "benchmark": "launch",
             "repetitions": repetitions,
-            "variants": {v: summarize(series[v]) for v in VARIANTS},
+            "variants": {v: summarize(series[v]) for v in VARIANTS}
+            | {PROTOTYPE_STOP: summarize(bench.stops)},
             "ratios": ratios,
+            "prototype_ratios": {
+                "launch": ratio(series["prototype"], series["raw"]),
+                "stop": ratio(bench.stops, series["raw"]),
+            },
             "paired_ratios": {v: paired_ratio(series[v], series["raw"]) for v in TARGETS},
             "targets": TARGETS,
             "missed": missed,
@@ -192,6 +244,9 @@ def main() -> None:
                 "cli": "qemu-depriv --state-dir DIR launch CFG --json",
                 "cli_startup": "qemu-depriv --version  (no VM: interpreter, imports, parser)",
                 "python": "python -c pass  (no VM: the bare interpreter of the venv)",
+                "prototype": "python -I -S -c CLIENT SOCK --state-dir DIR launch CFG --json: "
+                "the resident-launcher prototype of bench/forkserver.py (not the product)",
+                PROTOTYPE_STOP: "the same client, stop NAME --json, after each prototype launch",
             },
             "host": host_info(),
         },

@@ -307,9 +307,11 @@ def scale(results: dict[str, Result], runs: dict[str, Result], glance: list[Row]
     failures = sum(len(r["launch_failures"]) for r in cli_rounds)
     left = sum(leftovers(r["leftovers_after_teardown"]) for r in cli_rounds)
     peak = statistics.median(r["peak_cli_rss_kib_per_vm"] for r in cli_rounds) / 1024
+    target = data.get("target_ratio")
     glance += [
         ["5", "100 concurrent launches, all verified", f"{num(median(data['cli_launch']), 1)} s",
-         f"{num(median(data['raw']), 1)} s (100 raw)", times(data["ratio"]), "-", ""],
+         f"{num(median(data['raw']), 1)} s (100 raw)", times(data["ratio"]),
+         f"<= {target}x" if target else "-", verdict(data["ratio"], target) if target else ""],
         ["5", "launch failures", failures, "0 (raw)", "-", "0", verdict(failures, 0)],
         ["5", "peak CLI memory per VM", f"{peak:.1f} MiB", "-", "-", "-", ""],
         ["5", "teardown of 100", f"{num(median(data['cli_teardown']), 1)} s", "-", "-", "-", ""],
@@ -342,6 +344,233 @@ def audit(results: dict[str, Result], runs: dict[str, Result], glance: list[Row]
     return lines + table(["", "median (ms)", "to ps", "paired", "target", ""], rows)
 
 
+#: The load worker's commands, each judged against raw at the same level (bench/load.py).
+LOAD_COMMANDS = ("launch", "stop", "list", "audit_cli")
+KIB_PER_MIB = 1024
+#: The resident worker's processes per VM (bench/resident.py), ``ours`` being the first two.
+RESIDENT_ROLES = {
+    "supervisor": "supervisor (`run`)",
+    "wrapper": "PID-namespace wrapper (`unshare`)",
+    "ours": "**supervisor + wrapper**",
+    "qemu": "QEMU (not ours, for context)",
+}
+
+
+def levels_of(data: Result) -> list[str]:
+    """The load worker's levels, as its JSON keys them."""
+    return [str(level) for level in data["levels"]]
+
+
+def load(results: dict[str, Result], runs: dict[str, Result], glance: list[Row]) -> list[str]:
+    lines = ["## 7. Load: launch, stop, list and audit as the host fills up", ""]
+    failed = worker_failed("load", results, runs)
+    if "load" not in results:
+        glance.append(["7", "commands as the host fills up", "no result", "-", "-", "-", ""])
+        return lines + failed
+    data = results["load"]
+    lines += failed
+    if bad := data.get("audit_findings_on_ours"):
+        lines += ["**Audit findings on this worker's own VMs** (each fails the worker):", ""]
+        lines += code(
+            [f"level {f['level']} ({f['via']}): {f['vm']} pid {f['pid']}: {f['severity']} "
+             f"{f['code']}: {f['message']}" for f in bad[:40]]
+        )  # fmt: skip
+    rows = []
+    for level in levels_of(data):
+        found, background = data["results"][level], data["background"][level]
+        variants, ratios = found["variants"], found["ratios"]
+        rows.append([
+            level, num(median(variants["raw"])),
+            *(f"{num(median(variants[v]))} ({times(ratios[v])})" for v in LOAD_COMMANDS),
+            num(median(variants["audit_library"])), num(found["audit_cli_minus_library"]),
+            num(median(background["launch_seconds"])), " ".join(background["loadavg"]),
+        ])  # fmt: skip
+    lines += table(
+        ["running VMs", "raw start", "CLI launch (to raw)", "CLI stop (to raw)",
+         "CLI list (to raw)", "CLI audit (to raw)", "library audit", "what the CLI adds to audit",
+         "background launches (library)", "load average"],
+        rows,
+    )  # fmt: skip
+    lines += [f"Medians in ms, of {data['repetitions']} repetitions per level.", ""]
+    flat, target = data["flatness"], data["targets"]["flatness"]
+    top = flat["to_level"]
+    rows = []
+    for command, found in flat["commands"].items():
+        value = found["flatness"]
+        rows.append([
+            command, times(found["ratio_at_first"]), times(found["ratio_at_last"]), times(value),
+            times(found["paired_flatness"]), f"<= {target:.2f}", verdict(value, target),
+        ])  # fmt: skip
+        glance.append([
+            "7", f"{command} at {top} running VMs against at 0, each to raw",
+            f"{times(found['ratio_at_last'])} raw", f"{times(found['ratio_at_first'])} raw at 0",
+            times(value), f"<= {target:.2f}", verdict(value, target),
+        ])  # fmt: skip
+    lines += table(
+        ["command", "to raw at 0", f"to raw at {top}", f"flatness ({top} / 0)",
+         "flatness of the paired ratios", "target", ""],
+        rows,
+    )  # fmt: skip
+    library, library_target = data["audit_library_at_top"], data["targets"]["audit_library_seconds"]
+    stop, stop_target = data["stop_to_raw_at_0"], data["targets"]["stop_to_raw_at_0"]
+    first = levels_of(data)[0]
+    stop_ms = median(data["results"][first]["variants"]["stop"])
+    raw_ms = median(data["results"][first]["variants"]["raw"])
+    goal = f"<= {num(library_target, MS, 0)} ms"
+    lines += table(
+        ["other targets", "ours", "target", ""],
+        [[f"library audit at {library['level']} running VMs", f"{num(library['median'])} ms",
+          goal, verdict(library["median"], library_target)],
+         [f"CLI stop at {first} / raw start at {first}", f"{times(stop['ratio'])} "
+          f"(paired {times(stop['paired'])})", f"<= {stop_target}x",
+          verdict(stop["ratio"], stop_target)]],
+    )  # fmt: skip
+    glance += [
+        ["7", f"library audit at {library['level']} running VMs", f"{num(library['median'])} ms",
+         "-", "-", goal, verdict(library["median"], library_target)],
+        ["7", "CLI stop, nothing else running", f"{num(stop_ms)} ms",
+         f"{num(raw_ms)} ms (raw start)", times(stop["ratio"]), f"<= {stop_target}x",
+         verdict(stop["ratio"], stop_target)],
+    ]  # fmt: skip
+    if foreign := data.get("audit_findings_on_foreign"):
+        counts = ", ".join(f"{n} x {finding}" for finding, n in sorted(foreign.items()))
+        lines += [f"Findings on QEMUs that were not this worker's (not counted): {counts}.", ""]
+    return lines
+
+
+def resident(results: dict[str, Result], runs: dict[str, Result], glance: list[Row]) -> list[str]:
+    lines = ["## 8. Resident memory per supervised VM (`qemu-depriv run`)", ""]
+    if failed := worker_failed("resident", results, runs):
+        if "resident" not in results:
+            glance.append(["8", "resident PSS per supervised VM", "no result", "-", "-", "-", ""])
+            return lines + failed
+        lines += failed
+    data = results["resident"]
+    pss, kib, target = data["pss_kib"], data["kib"], data["target_kib"]
+
+    def mib(value: float | None) -> str:
+        return "-" if value is None else f"{value / KIB_PER_MIB:.1f}"
+
+    rows = [
+        [label, mib(pss[role]["median"]), mib(pss[role]["max"]),
+         mib(kib[role]["rss"]) if role in kib else "-",
+         mib(kib[role]["private"]) if role in kib else "-"]
+        for role, label in RESIDENT_ROLES.items()
+    ]  # fmt: skip
+    bare = kib["bare_interpreter"]
+    rows.append([
+        "bare interpreter of the venv (`python -c`, asleep; for reference)", mib(bare["pss"]),
+        "-", mib(bare["rss"]), mib(bare["private"]),
+    ])  # fmt: skip
+    lines += table(
+        [f"process, {data['count']} VMs running", "PSS median (MiB)", "PSS max", "RSS median",
+         "private median"],
+        rows,
+    )  # fmt: skip
+    ours = data["ours_pss_median_kib"]
+    stopped = data["stop"]
+    lines += table(
+        ["supervisor + wrapper PSS per VM", "target", "", "start until verified (median)",
+         f"all {data['count']} stopped by SIGTERM", "exited non-zero or not stopped"],
+        [[f"{mib(ours)} MiB", f"<= {mib(target)} MiB", verdict(ours, target),
+          f"{num(median(data['start_seconds']))} ms", f"{stopped['seconds']:.1f} s",
+          len(stopped["failures"])]],
+    )  # fmt: skip
+    glance.append([
+        "8", f"resident PSS per supervised VM ({data['count']} running)", f"{mib(ours)} MiB",
+        f"{mib(bare['pss'])} MiB (bare python)", "-", f"<= {mib(target)} MiB",
+        verdict(ours, target),
+    ])  # fmt: skip
+    return lines
+
+
+def issue18(results: dict[str, Result]) -> list[str]:
+    """The five targets of issue 18, from the launch, load, scale and resident workers."""
+    rows: list[Row] = []
+    none = ["no result", "-", "-", "-", "n/a"]
+    if launched := results.get("launch"):
+        variants, target = launched["variants"], launched["targets"]["cli"]
+        value = launched["ratios"]["cli"]
+        rows.append([
+            "1", "CLI launch / raw start", f"{num(median(variants['cli']))} ms",
+            f"{num(median(variants['raw']))} ms", times(value), f"<= {target}x",
+            verdict(value, target),
+        ])  # fmt: skip
+        if proto := launched.get("prototype_ratios"):
+            rows += [
+                ["1p", f"prototype resident launcher (bench/forkserver.py): {what}",
+                 f"{num(median(variants[key]))} ms", f"{num(median(variants['raw']))} ms",
+                 times(proto[what]), f"<= {goal}x", verdict(proto[what], goal)]
+                for what, key, goal in (("launch", "prototype", target),
+                                        ("stop", "prototype_stop", 3.0))
+            ]  # fmt: skip
+    else:
+        rows.append(["1", "CLI launch / raw start", *none])
+    loaded = results.get("load")
+    if loaded:
+        first = levels_of(loaded)[0]
+        variants = loaded["results"][first]["variants"]
+        stop, target = loaded["stop_to_raw_at_0"]["ratio"], loaded["targets"]["stop_to_raw_at_0"]
+        rows.append([
+            "2", "CLI stop / raw start (nothing else running)",
+            f"{num(median(variants['stop']))} ms", f"{num(median(variants['raw']))} ms",
+            times(stop), f"<= {target}x", verdict(stop, target),
+        ])  # fmt: skip
+        flat, target = loaded["flatness"], loaded["targets"]["flatness"]
+        library = loaded["audit_library_at_top"]
+        limit = loaded["targets"]["audit_library_seconds"]
+        commands = flat["commands"]
+        worst = max(commands, key=lambda c: commands[c]["flatness"] or 0.0)
+        each = ", ".join(f"{c} {times(found['flatness'])}" for c, found in commands.items())
+        met = [verdict(found["flatness"], target) for found in commands.values()]
+        met.append(verdict(library["median"], limit))
+        raw = loaded["results"]
+        rows.append([
+            "3", f"flat at {flat['to_level']} running VMs: (ratio to raw at {flat['to_level']}) "
+            "/ (ratio to raw at 0)", f"{each}; library audit {num(library['median'])} ms",
+            f"raw {num(median(raw[first]['variants']['raw']))} ms at 0, "
+            f"{num(median(raw[str(flat['to_level'])]['variants']['raw']))} ms at "
+            f"{flat['to_level']}",
+            f"worst {times(flat['worst'])} ({worst})",
+            f"<= {target:.2f} each; library audit <= {num(limit, MS, 0)} ms",
+            next((m for m in met if m != "met"), "met"),
+        ])  # fmt: skip
+    else:
+        rows += [["2", "CLI stop / raw start", *none], ["3", "flat as the host fills up", *none]]
+    if scaled := results.get("scale"):
+        target = scaled.get("target_ratio", 3.0)
+        peak = (
+            statistics.median(r["peak_cli_rss_kib_per_vm"] for r in scaled["rounds"]["cli"])
+            / KIB_PER_MIB
+        )
+        rows.append([
+            "4", "100 concurrent CLI launches / 100 concurrent raw starts",
+            f"{num(median(scaled['cli_launch']), 1)} s; peak CLI memory {peak:.1f} MiB per VM",
+            f"{num(median(scaled['raw']), 1)} s", times(scaled["ratio"]), f"<= {target}x",
+            verdict(scaled["ratio"], target),
+        ])  # fmt: skip
+    else:
+        rows.append(["4", "100 concurrent CLI launches / 100 raw", *none])
+    if kept := results.get("resident"):
+        ours, target = kept["ours_pss_median_kib"], kept["target_kib"]
+        bare = kept["kib"]["bare_interpreter"]["pss"]
+        supervisor, wrapper = (kept["pss_kib"][r]["median"] for r in ("supervisor", "wrapper"))
+        rows.append([
+            "5", f"resident PSS per supervised VM ({kept['count']} running)",
+            f"{ours / KIB_PER_MIB:.1f} MiB (supervisor {supervisor / KIB_PER_MIB:.1f} + wrapper "
+            f"{wrapper / KIB_PER_MIB:.1f})", f"{bare / KIB_PER_MIB:.1f} MiB (bare python)",
+            "-", f"<= {target / KIB_PER_MIB:.0f} MiB", verdict(ours, target),
+        ])  # fmt: skip
+    else:
+        rows.append(["5", "resident PSS per supervised VM", *none])
+    return [
+        "## Issue 18 targets",
+        "",
+        *table(["#", "target", "ours (median)", "raw / baseline (median)", "ratio", "target", ""],
+               rows),
+    ]  # fmt: skip
+
+
 def summary(results: dict[str, Result], runs: dict[str, Result]) -> str:
     """summary.md: the host, the glance table, then each benchmark's tables."""
     host: Result = next((r["host"] for r in results.values() if "host" in r), {})
@@ -353,12 +582,15 @@ def summary(results: dict[str, Result], runs: dict[str, Result]) -> str:
         *stop(results, glance),
         *scale(results, runs, glance),
         *audit(results, runs, glance),
+        *load(results, runs, glance),
+        *resident(results, runs, glance),
     ]
     head = [
         "# qemu-depriv benchmarks",
         "",
         "What each benchmark runs and how to read its table: bench/README.md. Raw samples: the "
-        "JSON files beside this one; their spread: distributions.png.",
+        "JSON files beside this one; their spread: distributions.png; launch latency against "
+        "the number of running VMs: load.png.",
         "",
         *table(
             ["kernel", "CPUs", "QEMU", "Python", "load average at start", "time"],
@@ -366,6 +598,7 @@ def summary(results: dict[str, Result], runs: dict[str, Result]) -> str:
               host.get("python", "?"), ", ".join(f"{x:.2f}" for x in host.get("loadavg", [])),
               host.get("time", "")]],
         ),
+        *issue18(results),
         "## At a glance",
         "",
         *table(["#", "benchmark", "qemu-depriv (median)", "baseline (median)", "ratio", "target",
@@ -454,11 +687,52 @@ def plot(results: dict[str, Result], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_load(data: Result, path: Path) -> None:
+    """Launch latency against the number of running VMs, ours and raw; and the flatness."""
+    import matplotlib  # noqa: PLC0415 - the bench extra; summary.md is written without it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - after choosing the backend
+
+    fig, (latency, flat) = plt.subplots(1, 2, figsize=(14, 5.5))
+    lines = (("launch", "qemu-depriv launch (CLI), until it exits", "tab:blue"),
+             ("raw", "raw QEMU, until the QMP handshake", "tab:grey"))  # fmt: skip
+    for variant, label, colour in lines:
+        points = data["plot"][variant]
+        running = [point["level"] for point in points]
+        low, high = ([point[k] * MS for point in points] for k in ("p10", "p90"))
+        latency.plot(running, [point["median"] * MS for point in points], marker="o",
+                     color=colour, label=f"{label}: median")  # fmt: skip
+        latency.fill_between(running, low, high, color=colour, alpha=0.2, label="p10 to p90")
+    latency.set_xlabel("running VMs (background, launched through the library)")
+    latency.set_ylabel("ms")
+    latency.set_ylim(bottom=0)
+    latency.set_title("7. launch latency as the host fills up")
+    latency.legend(fontsize=8)
+    levels = levels_of(data)
+    for variant in LOAD_COMMANDS:
+        base = data["results"][levels[0]]["ratios"][variant]
+        values = [data["results"][level]["ratios"][variant] / base for level in levels]
+        flat.plot([int(n) for n in levels], values, marker="o", label=variant.removesuffix("_cli"))
+    target = data["targets"]["flatness"]
+    flat.axhline(target, color="red", linestyle="--", label=f"target {target:.2f}")
+    flat.axhline(1.0, color="grey", linewidth=0.5)
+    flat.set_xlabel("running VMs")
+    flat.set_ylabel("(CLI / raw at N) / (CLI / raw at 0)")
+    flat.set_title("7. each command's ratio to a raw start, against its ratio at 0")
+    flat.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def write(results: dict[str, Result], runs: dict[str, Result], directory: Path) -> Path:
-    """Write summary.md and distributions.png; return the summary's path."""
+    """Write summary.md, distributions.png and load.png; return the summary's path."""
     text = summary(results, runs)
     try:
         plot(results, directory / "distributions.png")
+        if "load" in results:
+            plot_load(results["load"], directory / "load.png")
     except ImportError as exc:
         text += f"\n(no plot: {exc}; the bench extra installs matplotlib)\n"
     path = directory / "summary.md"

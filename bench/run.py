@@ -38,6 +38,8 @@ WORKERS: tuple[tuple[str, tuple[str, ...], float], ...] = (
     ("libvirt", ("bench.libvirt",), 600),
     ("scale", ("bench.scale",), 900),
     ("audit", ("bench.audit",), 300),
+    ("load", ("bench.load",), 1500),
+    ("resident", ("bench.resident",), 600),
 )
 TERM_GRACE = 30.0
 
