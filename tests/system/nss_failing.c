@@ -6,7 +6,10 @@
  *   -DMODULE=qdagain -DSTATUS=NSS_STATUS_TRYAGAIN -DERR=EAGAIN: one that answers "try again";
  *   -DMODULE=qdsel -DSTATUS=NSS_STATUS_UNAVAIL -DERR=EIO -DSELECTIVE: one that fails only for
  *     the user names in $QDNSS_FAIL and the uids in $QDNSS_FAIL_UID (comma-separated), or, with
- *     $QDNSS_FLAP set, on every other call; otherwise it answers "not found".
+ *     $QDNSS_FLAP set, on every other call; otherwise it answers "not found".  It never answers
+ *     for the uids in $QDNSS_HANG_UID (a directory that hangs), and with $QDNSS_LOG set it
+ *     appends "name NAME" or "uid UID" to that file for every call, so that tests can count
+ *     what reached it.
  * Listed after "files" in a scratch nsswitch.conf. */
 #include <errno.h>
 #include <grp.h>
@@ -17,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #define CAT2(a, b) a##b
 #define CAT(a, b) CAT2(a, b)
@@ -39,6 +43,16 @@ static int listed(const char *variable, const char *key)
     return 0;
 }
 
+static void record(const char *kind, const char *key)
+{
+    const char *path = getenv("QDNSS_LOG");
+    FILE *log = path ? fopen(path, "a") : NULL;
+    if (log) {
+        fprintf(log, "%s %s\n", kind, key);
+        fclose(log);
+    }
+}
+
 static enum nss_status answer(int fail, int *e)
 {
     if (getenv("QDNSS_FLAP"))
@@ -50,9 +64,12 @@ static enum nss_status answer(int fail, int *e)
     *e = ENOENT;
     return NSS_STATUS_NOTFOUND;
 }
-#define ANSWER_NAME(n) answer(listed("QDNSS_FAIL", n), e)
+#define ANSWER_NAME(n) (record("name", n), answer(listed("QDNSS_FAIL", n), e))
 #define ANSWER_UID(u) \
     do { char key[16]; snprintf(key, sizeof key, "%u", (unsigned)(u)); \
+         record("uid", key); \
+         while (listed("QDNSS_HANG_UID", key)) \
+             pause(); \
          return answer(listed("QDNSS_FAIL_UID", key), e); } while (0)
 #else
 #define ANSWER_NAME(n) ((void)(n), *e = ERR, STATUS)

@@ -13,10 +13,16 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.system.vmhost import VmHost
+from qemu_depriv.host.procfs import read_status
+from tests.system.vmhost import GROUP, PASSWD, VmHost, wait_for
 
 HUMAN_UID = 250150
+#: Uids no account owns (as the range tier's), for the audit's lookups through NSS.
+SHARED_UID, FAILING_UID, HUNG_UID = 250160, 250161, 250162
 FOREIGN = ["qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none", "-S"]
+#: Every passwd miss of the files goes on to tests/system/nss_failing.c's module.
+THROUGH_QDSEL = "passwd: files qdsel\ngroup: files\n"
+ALICE = f"alice:x:{HUMAN_UID}:{HUMAN_UID}:Alice:/home/alice:/bin/bash"
 
 
 @pytest.fixture
@@ -29,6 +35,29 @@ def foreign() -> Iterator[list[int]]:
     ]
     try:
         time.sleep(0.5)
+        yield [process.pid for process in started]
+    finally:
+        for process in started:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def qemus_as(*uids: int) -> Iterator[list[int]]:
+    """One foreign QEMU per uid given, started in that order; their pids, once they run as it."""
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        for uid in uids:
+            command = [*FOREIGN, "-runas", f"{uid}:{uid}"]
+            started.append(subprocess.Popen(command, stderr=subprocess.DEVNULL))
+
+        def dropped() -> bool:
+            statuses = [read_status(p.pid) for p in started]
+            return all(
+                s is not None and s.uids[1] == u for s, u in zip(statuses, uids, strict=True)
+            )
+
+        assert wait_for(dropped, 30), "the QEMUs did not drop to their uids"
         yield [process.pid for process in started]
     finally:
         for process in started:
@@ -145,3 +174,62 @@ def test_the_human_table_fits_80_columns_and_puts_the_worst_first(vmhost: VmHost
     order = {"critical": 0, "warning": 1, "info": 2}
     assert severities == sorted(severities, key=order.__getitem__)
     assert severities[0] == "critical"
+
+
+def test_each_uid_is_looked_up_once_per_audit_and_a_failing_lookup_keeps_the_findings(
+    vmhost: VmHost, failing_nss_modules: Path, tmp_path: Path
+) -> None:
+    asked = tmp_path / "asked"
+    vmhost.accounts(nsswitch=THROUGH_QDSEL)
+    vmhost.env = {
+        "LD_LIBRARY_PATH": str(failing_nss_modules),
+        "QDNSS_LOG": str(asked),
+        "QDNSS_FAIL_UID": str(FAILING_UID),
+    }
+    with qemus_as(SHARED_UID, SHARED_UID, FAILING_UID) as (one, two, failing):
+        for _ in range(2):
+            code, report, stderr = vmhost.json("audit")
+            assert code == 1, stderr
+            seen = by_pid(report)
+            for pid in (one, two):
+                assert seen[pid]["user"] is None  # no account owns it
+                assert {"uid-shared", "no-seccomp", "no-chroot", "not-ours"} <= codes(seen[pid])
+            # The failed lookup does not end the audit, nor drop this process or its findings.
+            assert seen[failing]["user"] is None
+            assert seen[failing]["uid"] == FAILING_UID
+            expected = {"no-seccomp", "no-chroot", "no-namespaces", "no-limits", "not-ours"}
+            assert expected <= codes(seen[failing])
+    lines = asked.read_text().splitlines()
+    # Once per uid per audit: the two QEMUs of one uid share its lookup; the next audit asks again.
+    assert lines.count(f"uid {SHARED_UID}") == 2
+    assert lines.count(f"uid {FAILING_UID}") == 2
+
+
+def test_a_hung_lookup_times_out_once_and_the_next_uid_is_still_looked_up(
+    vmhost: VmHost, failing_nss_modules: Path, tmp_path: Path
+) -> None:
+    timeout = 3.0
+    asked = tmp_path / "asked"
+    vmhost.accounts((*PASSWD, ALICE), (*GROUP, f"alice:x:{HUMAN_UID}:"), THROUGH_QDSEL)
+    vmhost.settings = f"lookup_timeout = {timeout}\n"
+    vmhost.env = {
+        "LD_LIBRARY_PATH": str(failing_nss_modules),
+        "QDNSS_LOG": str(asked),
+        "QDNSS_HANG_UID": str(HUNG_UID),
+    }
+    with qemus_as(HUNG_UID, HUNG_UID, HUMAN_UID) as (hung, hung_too, alice):
+        assert hung < hung_too < alice  # the audit looks the uids up in this order
+        started = time.monotonic()
+        code, report, stderr = vmhost.json("audit")
+        took = time.monotonic() - started
+    assert code == 1, stderr
+    # One wait of lookup_timeout for the hung uid, not one per QEMU of it.
+    assert timeout <= took < 2 * timeout, took
+    assert asked.read_text().splitlines().count(f"uid {HUNG_UID}") == 1
+    seen = by_pid(report)
+    for pid in (hung, hung_too):
+        assert seen[pid]["user"] is None
+        assert {"uid-shared", "no-seccomp", "not-ours"} <= codes(seen[pid])
+    # Looked up after the hung one, on a fresh thread: found, and judged by its login shell.
+    assert seen[alice]["user"] == "alice"
+    assert "uid-human" in codes(seen[alice])

@@ -24,7 +24,12 @@ tested.
 A lookup that hangs (a directory server that accepts connections and never answers) is an
 error too: each call runs in a short-lived thread and is abandoned after ``timeout`` seconds.
 The thread ends with the call, so the process is single-threaded again between lookups (which
-``unshare(2)`` needs).
+``unshare(2)`` needs).  :meth:`LibcLookup.users_by_uid` looks up many uids at once (the audit's
+every device model): each distinct uid once, all on one thread that ends with the batch, each
+lookup still abandoned after its own ``timeout`` (the rest then go on in a fresh thread), since
+starting a thread costs more than a lookup from the files.  Written here rather than with
+:mod:`concurrent.futures`: an executor's worker stuck in a hung C call cannot be abandoned (its
+shutdown, and the interpreter's exit, wait for it).
 
 The buffer starts at ``sysconf(_SC_GETPW_R_SIZE_MAX)`` (1024 bytes when that says -1) and
 doubles on ERANGE.  libc is loaded as ``CDLL(None)``, the running process's own symbol table,
@@ -42,10 +47,11 @@ import errno
 import logging
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from qemu_depriv.accounts.nsswitch import NSSWITCH, read_nsswitch
 from qemu_depriv.errors import AccountLookupError
@@ -84,6 +90,10 @@ class Group:
     gid: int
 
 
+#: What looking up a uid gave: its account, None for "not found", or the error of a failed one.
+UserOutcome = Account | AccountLookupError | None
+
+
 class AccountLookup(Protocol):
     """What the resolution chain needs to know about accounts.
 
@@ -106,6 +116,27 @@ class AccountLookup(Protocol):
     def groups_of(self, name: str, gid: int) -> tuple[int, ...]:
         """Return the gids ``initgroups(name, gid)`` would give, ``gid`` included."""
         ...
+
+
+def users_by_uid(lookup: AccountLookup, uids: Iterable[int]) -> dict[int, UserOutcome]:
+    """Look up the owner of each distinct uid of ``uids`` once, through any lookup.
+
+    The answers of one moment (an audit's), not a cache: accounts change between calls.
+    :class:`LibcLookup` does them all on one thread (:meth:`LibcLookup.users_by_uid`); any
+    other lookup is asked uid by uid.
+
+    Raises:
+        ValueError: a uid is not a valid uid_t.
+    """
+    if isinstance(lookup, LibcLookup):
+        return lookup.users_by_uid(uids)
+    found: dict[int, UserOutcome] = {}
+    for uid in dict.fromkeys(uids):
+        try:
+            found[uid] = lookup.user_by_uid(uid)
+        except AccountLookupError as exc:
+            found[uid] = exc
+    return found
 
 
 class _Passwd(ctypes.Structure):
@@ -209,6 +240,47 @@ class LibcLookup:
         if not 0 <= uid < UID_LIMIT:
             raise ValueError(f"uid {uid} is outside 0..{UID_LIMIT - 1}")
         return self._passwd(f"uid {uid}", lambda *a: self._getpwuid_r(uid, *a))
+
+    def users_by_uid(self, uids: Iterable[int]) -> dict[int, UserOutcome]:
+        """Look up the owner of each distinct uid of ``uids`` once; all on one thread.
+
+        Each outcome is what :meth:`user_by_uid` returns or raises for that uid: an account,
+        None for "not found", or the :class:`~qemu_depriv.errors.AccountLookupError` of a failed
+        or hung lookup, each lookup bounded by ``timeout`` on its own.
+
+        Raises:
+            ValueError: a uid is not a valid uid_t (before anything is looked up).
+        """
+        wanted = list(dict.fromkeys(uids))
+        for uid in wanted:
+            if not 0 <= uid < UID_LIMIT:
+                raise ValueError(f"uid {uid} is outside 0..{UID_LIMIT - 1}")
+
+        def lookup(uid: int) -> Callable[[], Account | None]:
+            def call() -> Account | None:
+                entry = _Passwd()
+                held = self._retrying(
+                    f"uid {uid}", "passwd", entry, lambda *a: self._getpwuid_r(uid, *a)
+                )
+                return None if held is None else _account(entry)
+
+            return call
+
+        found: dict[int, UserOutcome] = {}
+        if self._timeout is None:
+            for uid in wanted:
+                try:
+                    found[uid] = lookup(uid)()
+                except AccountLookupError as exc:
+                    found[uid] = exc
+            return found
+        calls = [(f"looking up uid {uid}", lookup(uid)) for uid in wanted]
+        outcomes = bounded_calls(calls, self._timeout, database="passwd", nsswitch=self._nsswitch)
+        for uid, outcome in zip(wanted, outcomes, strict=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, AccountLookupError):
+                raise outcome  # not a lookup's outcome: a fault, raised as user_by_uid would
+            found[uid] = outcome
+        return found
 
     def group_by_gid(self, gid: int) -> Group | None:
         """Look up the group with id ``gid``.
@@ -337,15 +409,95 @@ def bounded_call(
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise AccountLookupError(
-            f"{what} gave no answer within {timeout:g} s (lookup_timeout): an NSS source "
-            f"hangs; {read_nsswitch(nsswitch).hint(database)}",
-            key=what,
-            errno=errno.ETIMEDOUT,
-        )
+        raise _hung(what, timeout, database, nsswitch)
     if failure:
         raise failure[0]
     return outcome[0]
+
+
+def _hung(what: str, timeout: float, database: str, nsswitch: Path) -> AccountLookupError:
+    return AccountLookupError(
+        f"{what} gave no answer within {timeout:g} s (lookup_timeout): an NSS source "
+        f"hangs; {read_nsswitch(nsswitch).hint(database)}",
+        key=what,
+        errno=errno.ETIMEDOUT,
+    )
+
+
+def _outcome(call: Callable[[], _T]) -> _T | BaseException:
+    try:
+        return call()
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+        return exc
+
+
+def bounded_calls(
+    calls: Sequence[tuple[str, Callable[[], _T]]],
+    timeout: float,
+    *,
+    database: str,
+    nsswitch: Path = NSSWITCH,
+) -> list[_T | BaseException]:
+    """Run ``calls`` (each ``(what, call)``) in order on one short-lived thread; each is bounded.
+
+    Each call has ``timeout`` seconds of its own, as under :func:`bounded_call`: one still
+    running after that is abandoned with its thread, its outcome the
+    :class:`~qemu_depriv.errors.AccountLookupError` that :func:`bounded_call` raises, and the
+    calls after it go on in a fresh thread.  The caller sleeps until the batch ends or the
+    running call's time is up: a batch costs one thread start and one wake-up, not one each.
+    A batch that ends has its thread joined, so the process is single-threaded again.
+
+    Returns:
+        One outcome per call, in order: what it returned, or the exception it raised.
+    """
+    outcomes: list[_T | BaseException] = []
+    while len(outcomes) < len(calls):
+        batch = _Batch(calls[len(outcomes) :])
+        thread = threading.Thread(target=batch.run, name=calls[len(outcomes)][0], daemon=True)
+        thread.start()
+        done, hung = batch.wait(timeout)
+        outcomes += done
+        if hung:
+            outcomes.append(_hung(calls[len(outcomes)][0], timeout, database, nsswitch))
+        else:
+            thread.join()
+    return outcomes
+
+
+class _Batch(Generic[_T]):
+    """Calls run in order by one thread: their outcomes, and when the running one started."""
+
+    def __init__(self, calls: Sequence[tuple[str, Callable[[], _T]]]) -> None:
+        self._calls = calls
+        self._lock = threading.Lock()
+        self._ended = threading.Event()
+        self._outcomes: list[_T | BaseException] = []
+        #: When the call at index len(_outcomes) started: set with each outcome, under _lock.
+        self._started = time.monotonic()
+        self._abandoned = False
+
+    def run(self) -> None:
+        """The thread's body: every call, until the end or until the caller gives up on one."""
+        for _, call in self._calls:
+            outcome = _outcome(call)
+            with self._lock:
+                if self._abandoned:  # a late answer: the caller has moved on without it
+                    return
+                self._outcomes.append(outcome)
+                self._started = time.monotonic()
+        self._ended.set()
+
+    def wait(self, timeout: float) -> tuple[list[_T | BaseException], bool]:
+        """The outcomes so far, and whether the call after them hung (its thread is dropped)."""
+        while True:
+            with self._lock:
+                if len(self._outcomes) == len(self._calls):
+                    return self._outcomes, False
+                left = self._started + timeout - time.monotonic()
+                if left <= 0:
+                    self._abandoned = True
+                    return self._outcomes, True
+            self._ended.wait(left)
 
 
 class _Call(Protocol):

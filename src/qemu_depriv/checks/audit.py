@@ -9,10 +9,16 @@ pure function of the snapshots, the accounts and the records (:func:`findings_fo
 
 A process is *ours* when its command line names a run directory of the state directory; it
 must then match its record (pid, start time, uid), or the finding is ``lease-mismatch``.
+
+One audit asks each question once: the account of each uid (:func:`users_by_uid`: on one
+thread, each lookup still bounded by ``lookup_timeout``) and the limits of each cgroup, however
+many device models share them.  The answers live for that audit only, since accounts and
+limits change between audits.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,9 +26,8 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-from qemu_depriv.accounts.nss import AccountLookup
+from qemu_depriv.accounts.nss import Account, AccountLookup, users_by_uid
 from qemu_depriv.accounts.provision import NOLOGIN_SHELLS
-from qemu_depriv.errors import AccountLookupError
 from qemu_depriv.host.procfs import (
     NAMESPACES,
     UNLIMITED,
@@ -310,40 +315,62 @@ def summary(audited: list[Audited]) -> dict[str, Any]:
 # -- reading the host -------------------------------------------------------------------------
 
 
-def _limited(snap: Snapshot, controller: str, cgroup_root: Callable[[str], Path | None]) -> bool:
-    path, root = controller_path(snap.cgroups, controller), cgroup_root(controller)
-    if path is None or root is None:
-        return False
+class _Limits:
+    """Whether each cgroup limits memory and tasks, each file read once per audit."""
+
+    def __init__(self, cgroup_root: Callable[[str], Path | None]) -> None:
+        self._cgroup_root = cgroup_root
+        self._known: dict[tuple[str, str], bool] = {}
+
+    def limited(self, snap: Snapshot, controller: str) -> bool:
+        """Whether ``snap``'s group of ``controller`` sets a limit."""
+        path, root = controller_path(snap.cgroups, controller), self._cgroup_root(controller)
+        if path is None or root is None:
+            return False
+        if (controller, path) not in self._known:
+            self._known[controller, path] = _limit_set(root / path.lstrip("/"), controller)
+        return self._known[controller, path]
+
+
+def _limit_set(group: Path, controller: str) -> bool:
     files = {"memory": ("memory.max", "memory.limit_in_bytes"), "pids": ("pids.max", "pids.max")}
     for name in files[controller]:
-        limit = root / path.lstrip("/") / name
         try:
-            text = limit.read_text().strip()
+            text = (group / name).read_text().strip()
         except OSError:
             continue
         return text != "max" and int(text) < (1 << 62)
     return False
 
 
-def observe(
-    pid: int, lookup: AccountLookup, cgroup_root: Callable[[str], Path | None]
-) -> Observed | None:
-    """Read one QEMU process; None when it exited meanwhile."""
+def _read(pid: int) -> tuple[Snapshot, int, tuple[str, ...]] | None:
+    """One QEMU process's snapshot, start time and command line; None when it exited meanwhile."""
     snap, started, words = snapshot(pid), start_time(pid), cmdline(pid)
     if snap is None or started is None or words is None:
         return None
-    user = shell = None
-    try:
-        account = lookup.user_by_uid(snap.status.uids[1])
-    except AccountLookupError:
-        account = None
-    if account is not None:
-        user, shell = account.name, account.shell
-    return Observed(
-        snap, started, words, user, shell,
-        memory_limited=_limited(snap, "memory", cgroup_root),
-        pids_limited=_limited(snap, "pids", cgroup_root),
-    )  # fmt: skip
+    return snap, started, words
+
+
+def observe(
+    pids: list[int], lookup: AccountLookup, cgroup_root: Callable[[str], Path | None]
+) -> list[Observed]:
+    """Read each QEMU process, those that exited meanwhile left out, and what surrounds it.
+
+    Each uid's account is looked up once and each cgroup's limits read once.  A uid whose
+    lookup fails has no user or shell, as one that no account owns.
+    """
+    read = [found for pid in pids if (found := _read(pid)) is not None]
+    accounts = users_by_uid(lookup, (snap.status.uids[1] for snap, _, _ in read))
+    limits = _Limits(cgroup_root)
+    observed = []
+    for snap, started, words in read:
+        account = accounts[snap.status.uids[1]]
+        user = shell = None
+        if isinstance(account, Account):  # not None ("no such account") nor a failed lookup
+            user, shell = account.name, account.shell
+        memory, tasks = limits.limited(snap, "memory"), limits.limited(snap, "pids")
+        observed.append(Observed(snap, started, words, user, shell, memory, tasks))
+    return observed
 
 
 def host_namespaces() -> dict[str, str]:
@@ -353,7 +380,7 @@ def host_namespaces() -> dict[str, str]:
     there too (only its mount namespace may be private).
     """
     try:
-        return {n: str(Path(f"/proc/1/ns/{n}").readlink()) for n in NAMESPACES}
+        return {n: os.readlink(f"/proc/1/ns/{n}") for n in NAMESPACES}  # noqa: PTH115
     except OSError:
         return own_namespaces()
 
@@ -367,5 +394,5 @@ def audit_host(state_dir: Path, lookup: AccountLookup) -> list[Audited]:
     def cgroup_root(controller: str) -> Path | None:
         return placement[controller][1] if controller in placement else None
 
-    observed = [o for pid in qemu_pids() if (o := observe(pid, lookup, cgroup_root)) is not None]
+    observed = observe(qemu_pids(), lookup, cgroup_root)
     return findings_for(observed, records, state_dir=state_dir, host_namespaces=host_namespaces())

@@ -5,6 +5,10 @@ unit-tested on captured samples; :func:`snapshot` and the scans are the thin I/O
 
 psutil is not used here: it reports three uids (no fsuid) and none of Groups, CapEff,
 NoNewPrivs or Seccomp, which are exactly what verification needs.
+
+Files and links are read with ``os`` calls on string paths, not :mod:`pathlib`: a snapshot
+reads some 25 of them per process and the audit takes one of every QEMU on the host, and
+building a ``Path`` for each costs several times the system call itself.
 """
 
 from __future__ import annotations
@@ -51,6 +55,18 @@ LIMIT_ROWS = {
     "Max processes": "nproc",
 }
 UNLIMITED = -1
+#: The rows of LIMIT_ROWS by their first characters, so that a line is tried against one.
+_ROW_PREFIX = min(map(len, LIMIT_ROWS))
+
+
+def _rows_by_prefix() -> dict[str, tuple[str, ...]]:
+    rows: dict[str, tuple[str, ...]] = {}
+    for row in LIMIT_ROWS:
+        rows[row[:_ROW_PREFIX]] = (*rows.get(row[:_ROW_PREFIX], ()), row)
+    return rows
+
+
+_ROWS_BY_PREFIX = _rows_by_prefix()
 
 
 @dataclass(frozen=True)
@@ -96,10 +112,10 @@ def parse_limits(raw: bytes) -> dict[str, tuple[int, int]]:
     """
     limits = {}
     for line in raw.decode("utf-8", "replace").splitlines()[1:]:
-        for row, name in LIMIT_ROWS.items():
+        for row in _ROWS_BY_PREFIX.get(line[:_ROW_PREFIX], ()):
             if line.startswith(row):
                 soft, hard = line[len(row) :].split()[:2]
-                limits[name] = (_limit(soft), _limit(hard))
+                limits[LIMIT_ROWS[row]] = (_limit(soft), _limit(hard))
     return limits
 
 
@@ -129,6 +145,12 @@ def _quad(value: str) -> tuple[int, int, int, int]:
     return (a, b, c, d)
 
 
+#: The lines of /proc/PID/status that :func:`parse_status` reads (of some 55).
+_STATUS_FIELDS = frozenset(
+    ("Name", "State", "Uid", "Gid", "Groups", "CapEff", "CapPrm", "NoNewPrivs", "Seccomp")
+)
+
+
 def parse_status(raw: bytes) -> ProcStatus:
     """Parse ``/proc/PID/status``.
 
@@ -138,7 +160,8 @@ def parse_status(raw: bytes) -> ProcStatus:
     fields: dict[str, str] = {}
     for line in raw.decode("utf-8", "replace").splitlines():
         key, _, value = line.partition(":")
-        fields[key] = value.strip()
+        if key in _STATUS_FIELDS:
+            fields[key] = value.strip()
     try:
         return ProcStatus(
             name=fields["Name"],
@@ -200,10 +223,22 @@ def _read_small(path: str) -> bytes | None:
         os.close(descriptor)
 
 
+def _read_all(path: str) -> bytes:
+    """A whole /proc file, read to its end as ``Path.read_bytes`` reads it; raises as it does."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(descriptor, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(descriptor)
+
+
 def read_status(pid: int, proc: Path = Path("/proc")) -> ProcStatus | None:
     """Return the status of ``pid``, or None when it no longer exists."""
     try:
-        return parse_status((proc / str(pid) / "status").read_bytes())
+        return parse_status(_read_all(f"{proc}/{pid}/status"))
     except (FileNotFoundError, ProcessLookupError):
         return None
 
@@ -220,11 +255,11 @@ def state_and_start(pid: int, proc: Path = Path("/proc")) -> tuple[str, int] | N
     return None if raw is None else parse_stat(raw)
 
 
-def _links(directory: Path) -> dict[str, str]:
+def _links(directory: str) -> dict[str, str]:
     links = {}
-    for entry in directory.iterdir():
+    for name in os.listdir(directory):  # noqa: PTH208 - no Path per file
         try:
-            links[entry.name] = str(entry.readlink())
+            links[name] = os.readlink(f"{directory}/{name}")  # noqa: PTH115 - no Path per file
         except FileNotFoundError:  # closed meanwhile
             continue
     return links
@@ -236,20 +271,23 @@ def snapshot(pid: int, proc: Path = Path("/proc")) -> Snapshot | None:
     Raises:
         ValueError: /proc returned something unparseable.
     """
-    base = proc / str(pid)
+    base = f"{proc}/{pid}"
     status = read_status(pid, proc)
     if status is None:
         return None
     try:
-        namespaces = {n: str((base / "ns" / n).readlink()) for n in NAMESPACES}
-        fds = _links(base / "fd")
+        namespaces = {
+            n: os.readlink(f"{base}/ns/{n}")  # noqa: PTH115 - no Path per file
+            for n in NAMESPACES
+        }
+        fds = _links(f"{base}/fd")
         return Snapshot(
             pid=pid,
             status=status,
-            root=str((base / "root").readlink()),
+            root=os.readlink(f"{base}/root"),  # noqa: PTH115 - no Path per file
             namespaces=namespaces,
-            limits=parse_limits((base / "limits").read_bytes()),
-            cgroups=parse_cgroup((base / "cgroup").read_bytes()),
+            limits=parse_limits(_read_all(f"{base}/limits")),
+            cgroups=parse_cgroup(_read_all(f"{base}/cgroup")),
             fds=tuple(fds[fd] for fd in sorted(fds, key=int)),
             taps=_taps(base, fds),
         )
@@ -257,7 +295,7 @@ def snapshot(pid: int, proc: Path = Path("/proc")) -> Snapshot | None:
         return None
 
 
-def _taps(base: Path, fds: dict[str, str]) -> dict[int, str]:
+def _taps(base: str, fds: dict[str, str]) -> dict[int, str]:
     """The tun descriptors among ``fds``, and the interface each is attached to.
 
     Known by their device number: the path shown depends on the reader's mount namespace
@@ -268,8 +306,8 @@ def _taps(base: Path, fds: dict[str, str]) -> dict[int, str]:
         if not target.endswith("/net/tun"):
             continue
         try:
-            if (base / "fd" / fd).stat().st_rdev == TUN_DEVICE:
-                taps[int(fd)] = parse_tun_fdinfo((base / "fdinfo" / fd).read_bytes())
+            if os.stat(f"{base}/fd/{fd}").st_rdev == TUN_DEVICE:  # noqa: PTH116 - no Path per file
+                taps[int(fd)] = parse_tun_fdinfo(_read_all(f"{base}/fdinfo/{fd}"))
         except FileNotFoundError:  # closed meanwhile
             continue
     return taps
@@ -277,7 +315,10 @@ def _taps(base: Path, fds: dict[str, str]) -> dict[int, str]:
 
 def own_namespaces(proc: Path = Path("/proc")) -> dict[str, str]:
     """The calling process's namespaces, to tell a device model's own ones from them."""
-    return {n: str((proc / "self" / "ns" / n).readlink()) for n in NAMESPACES}
+    return {
+        n: os.readlink(f"{proc}/self/ns/{n}")  # noqa: PTH115 - no Path per file
+        for n in NAMESPACES
+    }
 
 
 def live_pids_of_uid(uid: int, proc: Path = Path("/proc")) -> list[int]:
@@ -326,15 +367,16 @@ def qemu_pids(proc: Path = Path("/proc")) -> list[int]:
     Found by the executable, not by a name a process can choose for itself.
     """
     pids = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
+    root = str(proc)
+    for name in os.listdir(root):  # noqa: PTH208 - no Path per process
+        if not name.isdigit():
             continue
         try:
-            exe = (entry / "exe").readlink().name
+            exe = os.readlink(f"{root}/{name}/exe")  # noqa: PTH115 - no Path per file
         except OSError:
             continue
-        if _QEMU_EXE.fullmatch(exe.removesuffix(" (deleted)")):
-            pids.append(int(entry.name))
+        if _QEMU_EXE.fullmatch(exe.rpartition("/")[2].removesuffix(" (deleted)")):
+            pids.append(int(name))
     return sorted(pids)
 
 
@@ -350,7 +392,7 @@ def children(pid: int, proc: Path = Path("/proc")) -> list[int] | None:
 def cmdline(pid: int, proc: Path = Path("/proc")) -> tuple[str, ...] | None:
     """The command line of ``pid``, word by word; None when it is gone."""
     try:
-        raw = (proc / str(pid) / "cmdline").read_bytes()
+        raw = _read_all(f"{proc}/{pid}/cmdline")
     except OSError:
         return None
     return tuple(raw.decode("utf-8", "surrogateescape").split("\0")[:-1])
