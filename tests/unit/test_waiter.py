@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from qemu_depriv.errors import InvalidInput
-from qemu_depriv.vms import supervisor
 from qemu_depriv.vms.supervisor import WAITER, _handed_over, _Handover
+from qemu_depriv.vms.waiter import VARIABLE
 
 #: The supervisor's part, played by a script: start the child, exec the waiter with it.
 PARENT = """
@@ -82,9 +82,9 @@ def test_the_supervisor_reads_each_event_and_takes_the_variable_out(
         "5:100:lost": _Handover(5, 100, code=1),
     }
     for value, expected in cases.items():
-        monkeypatch.setenv(supervisor.VARIABLE, value)
+        monkeypatch.setenv(VARIABLE, value)
         assert _handed_over() == expected
-        assert supervisor.VARIABLE not in os.environ
+        assert VARIABLE not in os.environ
     assert _handed_over() is None
 
 
@@ -92,6 +92,6 @@ def test_the_supervisor_reads_each_event_and_takes_the_variable_out(
 def test_a_value_the_waiter_does_not_write_is_refused(
     monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
-    monkeypatch.setenv(supervisor.VARIABLE, value)
+    monkeypatch.setenv(VARIABLE, value)
     with pytest.raises(InvalidInput, match="is not what the waiter writes"):
         _handed_over()
