@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from qemu_depriv.accounts.chain import Decision, Tier
 from qemu_depriv.errors import PolicyRefusal
-from qemu_depriv.vms.store import LeaseState, Mode, StateStore
+from qemu_depriv.vms.store import LeaseState, Mode, StateStore, VmStatus, current_owner
 
 ME = (1234, 5678)
 DECISION = Decision(Tier.RANGE, "131073:131072", 131073, 131072, (131072,), None, kill_by_uid=True)
@@ -77,3 +78,32 @@ def test_a_store_from_the_first_schema_is_migrated_with_its_rows(tmp_path: Path)
     claimed = store.claim(record, state=LeaseState.STOPPING, owner=ME)  # the new state is allowed
     assert claimed is not None
     assert claimed.state == LeaseState.STOPPING
+
+
+def test_ended_finds_exactly_the_leases_whose_status_says_so(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "s")
+    me = current_owner()
+    with subprocess.Popen(["true"]) as gone:
+        gone.wait()
+    dead = (gone.pid, 1)  # a pid that exited, with a start time no process has
+    leases = {
+        "live": (me, me),  # running, QEMU alive (this process plays it)
+        "exited": (me, dead),  # running, QEMU gone
+        "starting": (me, None),  # its launcher is alive
+        "orphan": (dead, None),  # its launcher died
+    }
+    for name, (owner, process) in leases.items():
+        domid = store.reserve(name, None, mode=Mode.STANDALONE, owner=owner)
+        if process is not None:
+            store.set_process(domid, *process)
+            store.set_running(domid, {"ok": True})
+    found = store.ended()
+    assert sorted(r.name for r in found) == ["exited", "orphan"]
+    assert {r.name: r.status() for r in found} == {
+        "exited": VmStatus.EXITED,
+        "orphan": VmStatus.STALE,
+    }
+    assert [r.name for r in store.all() if r.status() in (VmStatus.EXITED, VmStatus.STALE)] == [
+        "exited",
+        "orphan",
+    ]

@@ -129,16 +129,26 @@ class VmRecord:
 
     def status(self) -> VmStatus:
         """``running``, ``exited`` (QEMU gone), ``starting``, ``stopping``, or ``stale``."""
-        if self.state == LeaseState.RUNNING:
-            process = self.process
-            if process is None or not is_alive(*process):
-                return VmStatus.EXITED
-            if self.supervised and not is_alive(*self.owner):
-                return VmStatus.STALE  # its supervisor died: nobody would clean it up
-            return VmStatus.RUNNING
-        if not is_alive(*self.owner):
-            return VmStatus.STALE
-        return VmStatus(self.state.value)
+        return lease_status(self.state, self.process, self.owner, supervised=self.supervised)
+
+
+def lease_status(
+    state: LeaseState,
+    process: tuple[int, int] | None,
+    owner: tuple[int, int],
+    *,
+    supervised: bool,
+) -> VmStatus:
+    """A lease's status from its state, its QEMU and its owner (see :meth:`VmRecord.status`)."""
+    if state == LeaseState.RUNNING:
+        if process is None or not is_alive(*process):
+            return VmStatus.EXITED
+        if supervised and not is_alive(*owner):
+            return VmStatus.STALE  # its supervisor died: nobody would clean it up
+        return VmStatus.RUNNING
+    if not is_alive(*owner):
+        return VmStatus.STALE
+    return VmStatus(state.value)
 
 
 def _migrate(connection: sqlite3.Connection) -> None:
@@ -399,6 +409,29 @@ class StateStore:
         """Every VM, by domid."""
         rows = self._connect().execute("SELECT * FROM vms ORDER BY domid").fetchall()
         return [_record(row) for row in rows]
+
+    def ended(self) -> list[VmRecord]:
+        """The VMs whose QEMU exited, or whose launcher, stopper or supervisor died.
+
+        Every launch and stop asks this first: it reads only the columns that say so, and
+        the whole record (decision, layers, verification) of only the VMs it finds.
+        """
+        rows = self._connect().execute(
+            "SELECT domid, state, pid, start_time, owner_pid, owner_start, supervised "
+            "FROM vms ORDER BY domid"
+        )
+        found = []
+        for row in rows.fetchall():
+            pid, started = row["pid"], row["start_time"]
+            status = lease_status(
+                LeaseState(row["state"]),
+                None if pid is None or started is None else (pid, started),
+                (row["owner_pid"], row["owner_start"]),
+                supervised=bool(row["supervised"]),
+            )
+            if status in (VmStatus.EXITED, VmStatus.STALE) and (record := self.get(row["domid"])):
+                found.append(record)
+        return found
 
     def exists(self) -> bool:
         """Whether the database has been created (a read-only caller need not create it)."""

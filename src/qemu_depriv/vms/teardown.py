@@ -95,7 +95,9 @@ class Teardown:
         cgroup = self.cgroup_of(record)
         if cgroup is not None:
             cgroup.kill()
-        if record.uid is not None and record.kill_by_uid:
+        # With no live process of the uid left, none can fork a new one: the reaper (a fork,
+        # a host-wide lock and two more scans of /proc) is needed only when one is found.
+        if record.uid is not None and record.kill_by_uid and self.live_pids(record.uid):
             self.kill_uid(record.uid)
             if left := self.live_pids(record.uid):
                 raise EnvironmentFailure(
@@ -157,8 +159,8 @@ class Teardown:
     def reconcile(self) -> list[VmRecord]:
         """Tear down every VM whose QEMU exited or whose launcher or stopper died mid-way."""
         cleaned = []
-        for record in self.store.all():
-            status = record.status()
+        for record in self.store.ended():
+            status = record.status()  # again: another process may have acted meanwhile
             if status not in (VmStatus.EXITED, VmStatus.STALE):
                 continue
             claimed = self.store.claim(record, state=LeaseState.STOPPING, owner=current_owner())
