@@ -38,6 +38,7 @@ Usage: python -m bench.load OUT.json [LEVELS [REPETITIONS]]
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -68,13 +69,19 @@ from qemu_depriv.accounts.nss import LibcLookup
 from qemu_depriv.checks.audit import Audited, Severity, audit_host
 from qemu_depriv.settings import Settings
 from qemu_depriv.vms.launcher import LaunchRequest, system_launcher
-from qemu_depriv.xl.domain import DomainConfig
+from qemu_depriv.xl.config import load_domain
 
 LEVELS = (0, 50, 100, 150, 200)
 REPETITIONS = 7
 WARMUP = 1
 #: Seconds the background gets after it grew (the new guests' firmware runs) before timing.
 SETTLE = 5.0
+#: Longest wait for the host to be quiet (the background's boots, an earlier worker's load);
+#: quiet is under this many CPUs busy, over one second (halted guests' timers stay on it).
+QUIET_WAIT, QUIET_CPUS = 120.0, 0.5
+#: A boot sector that halts the guest's CPU for good (cli; hlt; jmp back to the hlt): an idle
+#: guest, where a diskless one would rerun SeaBIOS's boot every 60 s.
+HALT_SECTOR = b"\xfa\xf4\xeb\xfd".ljust(510, b"\0") + b"\x55\xaa"
 #: The slots of a rotation; ``launch`` is a launch then a stop of the same VM.
 SLOTS = ("raw", "launch", "list", "audit_library", "audit_cli")
 SERIES = ("raw", "launch", "stop", "list", "audit_library", "audit_cli")
@@ -112,7 +119,14 @@ class Load:
         seconds = []
         while len(self.background) < target:
             name = f"bench-bg-{len(self.background)}"
-            request = LaunchRequest(config=DomainConfig(name=name, memory=64), start_timeout=60)
+            config, disk = self.root / "bg.cfg", self.root / f"{name}.img"
+            disk.write_bytes(HALT_SECTOR)  # one each: QEMU locks a disk it may write
+            config.write_text(
+                f'name = "{name}"\ntype = "hvm"\nmemory = 64\n'
+                f'disk = [ "format=raw, vdev=hda, access=rw, target={disk}" ]\n',
+                encoding="utf-8",
+            )
+            request = LaunchRequest(config=load_domain(config), start_timeout=60)
             start = time.perf_counter()
             record = self.launcher.launch(request)
             seconds.append(time.perf_counter() - start)
@@ -122,6 +136,29 @@ class Load:
             if len(self.background) % 25 == 0:
                 log(f"background: {len(self.background)} running")
         return seconds
+
+    def quiet(self) -> dict[str, float]:
+        """Wait until the host is quiet: the background booted, nothing else running hard.
+
+        Returns how long that took, the CPUs the whole host kept busy over the last second,
+        and those the background's QEMUs did.
+        """
+        pids = [r.pid for r in self.launcher.store.all() if r.pid is not None]
+        tick = os.sysconf("SC_CLK_TCK")
+        start = time.monotonic()
+        busy = background = 0.0
+        while time.monotonic() - start < QUIET_WAIT:
+            host, ours = busy_ticks(), sum(cpu_ticks(pid) for pid in pids)
+            time.sleep(1.0)
+            busy = (busy_ticks() - host) / tick
+            background = (sum(cpu_ticks(pid) for pid in pids) - ours) / tick
+            if busy < QUIET_CPUS:
+                break
+        return {
+            "seconds": time.monotonic() - start,
+            "host_cpus": busy,
+            "background_cpus": background,
+        }
 
     # -- the variants -----------------------------------------------------------------------
 
@@ -303,6 +340,22 @@ def arguments() -> tuple[Path, tuple[int, ...], int]:
     return out, levels, repetitions
 
 
+def busy_ticks() -> int:
+    """The host's busy CPU time so far, in clock ticks: /proc/stat's cpu line but idle, iowait."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4]
+
+
+def cpu_ticks(pid: int) -> int:
+    """The CPU time of ``pid`` (utime + stime) in clock ticks; 0 once it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def main() -> None:
     out, levels, repetitions = arguments()
     if early := bench_processes():  # another benchmark is running: its uids are ours too
@@ -319,9 +372,11 @@ def main() -> None:
         for level in levels:
             grown = load.grow(level)
             time.sleep(SETTLE if grown else 0)
+            settled = load.quiet()
             load.level = level
             background[level] = {
                 "launch_seconds": summarize(grown),
+                "settled": settled,
                 "loadavg": Path("/proc/loadavg").read_text().split()[:3],
             }
             results[level] = level_result(measure_level(load, repetitions))

@@ -383,12 +383,14 @@ def load(results: dict[str, Result], runs: dict[str, Result], glance: list[Row])
             level, num(median(variants["raw"])),
             *(f"{num(median(variants[v]))} ({times(ratios[v])})" for v in LOAD_COMMANDS),
             num(median(variants["audit_library"])), num(found["audit_cli_minus_library"]),
-            num(median(background["launch_seconds"])), " ".join(background["loadavg"]),
+            num(median(background["launch_seconds"])), settled(background.get("settled", {})),
+            " ".join(background["loadavg"]),
         ])  # fmt: skip
     lines += table(
         ["running VMs", "raw start", "CLI launch (to raw)", "CLI stop (to raw)",
          "CLI list (to raw)", "CLI audit (to raw)", "library audit", "what the CLI adds to audit",
-         "background launches (library)", "load average"],
+         "background launches (library)", "quiet after (s); CPUs busy: host, background",
+         "load average"],
         rows,
     )  # fmt: skip
     lines += [f"Medians in ms, of {data['repetitions']} repetitions per level.", ""]
@@ -482,6 +484,14 @@ def resident(results: dict[str, Result], runs: dict[str, Result], glance: list[R
         verdict(ours, target),
     ])  # fmt: skip
     return lines
+
+
+def settled(found: Result) -> str:
+    """How long the load worker waited for a quiet host, and how busy it still was."""
+    if not found:
+        return "-"
+    return (f"{found['seconds']:.0f}; {found['host_cpus']:.2f}, "
+            f"{found['background_cpus']:.2f}")  # fmt: skip
 
 
 def issue18(results: dict[str, Result]) -> list[str]:
