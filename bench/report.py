@@ -559,6 +559,13 @@ def issue18(results: dict[str, Result]) -> list[str]:
             f"{num(median(scaled['raw']), 1)} s", times(scaled["ratio"]), f"<= {target}x",
             verdict(scaled["ratio"], target),
         ])  # fmt: skip
+        if proto := scaled.get("prototype"):
+            rows.append([
+                "4p", "the same through the resident-launcher prototype (bench/forkserver.py)",
+                f"{num(proto['launch_seconds'], 1)} s ({proto['verified']} verified)",
+                f"{num(median(scaled['raw']), 1)} s", times(proto["ratio"]), f"<= {target}x",
+                verdict(proto["ratio"], target),
+            ])  # fmt: skip
     else:
         rows.append(["4", "100 concurrent CLI launches / 100 raw", *none])
     if kept := results.get("resident"):

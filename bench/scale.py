@@ -52,6 +52,7 @@ from bench.common import (
     wait_for_no_bench_processes,
     write_json,
 )
+from bench.forkserver import client_command
 from bench.profiling import pyinstrument_command, render_file
 from bench.vm import finished_run, qd, qmp_handshake, run_qd, start_raw, write_config
 from qemu_depriv.errors import EnvironmentFailure
@@ -311,6 +312,50 @@ def cli_round(root: Path, state_dir: Path, round_no: int, *, profile: bool) -> d
     return result
 
 
+def prototype_round(root: Path, state_dir: Path) -> dict[str, Any]:
+    """100 launches at once through the resident-launcher prototype, then 100 stops.
+
+    Not the product (bench/forkserver.py): what that design would do at a host's start. Its
+    forked children are not the sampled processes: no memory figure is taken.
+    """
+    socket_path = root / "server.sock"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.forkserver", str(socket_path)], stdin=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not socket_path.exists():
+            assert server.poll() is None, "the prototype server exited"
+            assert time.monotonic() < deadline, "the prototype server did not listen"
+            time.sleep(0.01)
+        names = [f"bench-p-{i:03d}" for i in range(COUNT)]
+        out = root / "prototype"
+        common = ("--state-dir", str(state_dir))
+        launches = [
+            client_command(socket_path, *common, "launch", str(write_config(root, n)), "--json")
+            for n in names
+        ]
+        launch = run_batch(launches, out, "l")
+        verified = sum(
+            o.get("state") == "running" and bool(o.get("verification"))
+            for o, code in zip(launch.outputs, launch.codes, strict=True)
+            if code == 0
+        )
+        log(f"prototype: {verified}/{COUNT} verified in {launch.seconds:.1f} s")
+        stops = [client_command(socket_path, *common, "stop", n, "--json") for n in names]
+        stop = run_batch(stops, out, "s")
+        log(f"prototype: stopped in {stop.seconds:.1f} s, {len(stop.failures)} failed")
+    finally:
+        end_child(server, grace=5)
+    return {
+        "launch_seconds": launch.seconds,
+        "verified": verified,
+        "launch_failures": launch.failures,
+        "teardown_seconds": stop.seconds,
+        "stop_failures": stop.failures,
+    }
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     root = state_root("s")
@@ -328,6 +373,7 @@ def main() -> None:
             else:
                 last = rep == ROUNDS - 1
                 rounds["cli"].append(cli_round(root, state_dir, rep, profile=last))
+        prototype = prototype_round(root, state_dir)
     finally:
         for vm in run_qd(state_dir, "list").data.get("vms", []):  # after a failure: stop all
             run_qd(state_dir, "stop", vm["name"])
@@ -344,6 +390,7 @@ def main() -> None:
             "cli_launch": summarize(cli_seconds),
             "cli_teardown": summarize([r["teardown_seconds"] for r in rounds["cli"]]),
             "ratio": ratio(cli_seconds, raw_seconds),
+            "prototype": prototype | {"ratio": ratio([prototype["launch_seconds"]], raw_seconds)},
             "target_ratio": TARGET,
             "host": host_info(),
             "state_dir": str(root),
