@@ -11,7 +11,14 @@ import pytest
 
 from qemu_depriv.accounts.chain import Decision, Tier
 from qemu_depriv.errors import PolicyRefusal
-from qemu_depriv.vms.store import LeaseState, Mode, StateStore, VmStatus, current_owner
+from qemu_depriv.vms.store import (
+    Lease,
+    LeaseState,
+    Mode,
+    StateStore,
+    VmStatus,
+    current_owner,
+)
 
 ME = (1234, 5678)
 DECISION = Decision(Tier.RANGE, "131073:131072", 131073, 131072, (131072,), None, kill_by_uid=True)
@@ -106,4 +113,16 @@ def test_ended_finds_exactly_the_leases_whose_status_says_so(tmp_path: Path) -> 
     assert [r.name for r in store.all() if r.status() in (VmStatus.EXITED, VmStatus.STALE)] == [
         "exited",
         "orphan",
+    ]
+
+
+def test_leases_name_each_vm_its_qemu_and_its_uid(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "s")
+    first = store.reserve("a", None, mode=Mode.STANDALONE, owner=ME)
+    store.assign(first, DECISION, uid_busy=False)
+    store.set_process(first, 4321, 8765)
+    store.reserve("b", None, mode=Mode.STANDALONE, owner=ME)
+    assert store.leases() == [
+        Lease(domid=1, name="a", pid=4321, start_time=8765, uid=131073),
+        Lease(domid=2, name="b", pid=None, start_time=None, uid=None),
     ]

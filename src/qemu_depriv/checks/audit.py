@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -41,7 +41,7 @@ from qemu_depriv.host.procfs import (
 from qemu_depriv.isolation.cgroups import CgroupHost, controller_path
 from qemu_depriv.qemu.cmdline import network_facing, rough_options
 from qemu_depriv.vms.paths import claimed_domid
-from qemu_depriv.vms.store import StateStore, VmRecord
+from qemu_depriv.vms.store import Lease, StateStore, VmRecord
 
 
 class Severity(IntEnum):
@@ -171,7 +171,7 @@ class _Context:
     """What a check may know besides the process itself."""
 
     by_uid: Counter[int]
-    records: tuple[VmRecord, ...]
+    records: dict[str, Lease | VmRecord]
     state_dir: Path
     host_namespaces: dict[str, str]
 
@@ -265,8 +265,8 @@ def _lease(o: Observed, c: _Context) -> Finding | None:
     return _finding("lease-mismatch", f"pid {o.snap.pid} (uid {uid}) claims domid {domid}, {held}")
 
 
-def _record(c: _Context, domid: str | None) -> VmRecord | None:
-    return next((r for r in c.records if str(r.domid) == domid), None)
+def _record(c: _Context, domid: str | None) -> Lease | VmRecord | None:
+    return c.records.get(domid) if domid is not None else None
 
 
 #: One small check per finding code (``not-ours`` and ``lease-mismatch`` share the lease's).
@@ -278,14 +278,15 @@ CHECKS: tuple[Callable[[Observed, _Context], Finding | None], ...] = (
 
 def findings_for(
     processes: list[Observed],
-    records: list[VmRecord],
+    records: Sequence[Lease | VmRecord],
     *,
     state_dir: Path,
     host_namespaces: dict[str, str],
 ) -> list[Audited]:
     """Judge every process (pure): the findings, worst processes first."""
     context = _Context(
-        Counter(p.snap.status.uids[1] for p in processes), tuple(records), state_dir,
+        Counter(p.snap.status.uids[1] for p in processes), {str(r.domid): r for r in records},
+        state_dir,
         host_namespaces,
     )  # fmt: skip
     audited = []
@@ -328,17 +329,21 @@ class _Limits:
         if path is None or root is None:
             return False
         if (controller, path) not in self._known:
-            self._known[controller, path] = _limit_set(root / path.lstrip("/"), controller)
+            self._known[controller, path] = _limit_set(f"{root}/{path.lstrip('/')}", controller)
         return self._known[controller, path]
 
 
-def _limit_set(group: Path, controller: str) -> bool:
+def _limit_set(group: str, controller: str) -> bool:
     files = {"memory": ("memory.max", "memory.limit_in_bytes"), "pids": ("pids.max", "pids.max")}
     for name in files[controller]:
         try:
-            text = (group / name).read_text().strip()
+            descriptor = os.open(f"{group}/{name}", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             continue
+        try:
+            text = os.read(descriptor, 64).decode("ascii", "replace").strip()
+        finally:
+            os.close(descriptor)
         return text != "max" and int(text) < (1 << 62)
     return False
 
@@ -388,7 +393,7 @@ def host_namespaces() -> dict[str, str]:
 def audit_host(state_dir: Path, lookup: AccountLookup) -> list[Audited]:
     """Find, read and judge every QEMU process on this host, against ``state_dir``'s leases."""
     store = StateStore(state_dir)
-    records = store.all() if store.exists() else []
+    records = store.leases() if store.exists() else []
     placement = CgroupHost.detect().placement()
 
     def cgroup_root(controller: str) -> Path | None:
