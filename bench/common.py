@@ -94,7 +94,13 @@ def enter_accounts(root: Path, passwd: Iterable[str], group: Iterable[str]) -> P
     """Write scratch account files under ``root`` and make them this process's own.
 
     Call it first thing, while the process is single-threaded; children inherit the namespace.
+    A worker refuses to start while processes of the benchmarks' uids run: every benchmark
+    uses the same block of ids, so another one is running (or left something behind).
     """
+    if early := bench_processes():
+        raise SystemExit(
+            f"processes of the benchmarks' uids already run: {[str(p) for p in early[:5]]}"
+        )
     exit_on_sigterm()
     scratch = write_scratch_accounts(root / "accounts", passwd, group)
     enter_scratch_accounts(scratch)

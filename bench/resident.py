@@ -217,10 +217,6 @@ def medians(rows: list[dict[str, Any]], role: str) -> dict[str, float]:
 def main() -> None:
     out = Path(sys.argv[1])
     count = int(sys.argv[2]) if len(sys.argv) > 2 else COUNT
-    if early := bench_processes():  # another benchmark is running: its uids are ours too
-        raise SystemExit(
-            f"processes of the benchmarks' uids already run: {[str(p) for p in early[:5]]}"
-        )
     root = state_root("res")
     enter_accounts(root, LAUNCH_PASSWD, LAUNCH_GROUP)
     resident = Resident(root)
