@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from qemu_depriv.host.procfs import start_time, state_and_start
+from qemu_depriv.host.procfs import GONE_STATES, start_time, state_and_start
 
 #: The longest pause between two polls of :func:`wait_until`.
 _POLL = 0.01
@@ -28,7 +28,7 @@ def has_exited(pid: int, started: int) -> bool:
 def is_alive(pid: int, started: int, proc: Path = Path("/proc")) -> bool:
     """Whether ``pid`` is still the process that started at ``started`` and is not a zombie."""
     found = state_and_start(pid, proc)
-    return found is not None and found[1] == started and found[0] not in ("Z", "X")
+    return found is not None and found[1] == started and found[0] not in GONE_STATES
 
 
 def wait_until(condition: Callable[[], bool], timeout: float) -> bool:

@@ -18,6 +18,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+#: The states (first letter of State, field 3 of stat) of a process that is gone but not reaped:
+#: zombie, dead.  It runs nothing and holds nothing: it counts as gone.
+GONE_STATES = ("Z", "X")
+
 
 @dataclass(frozen=True)
 class ProcStatus:
@@ -39,7 +43,7 @@ class ProcStatus:
     @property
     def zombie(self) -> bool:
         """A zombie runs nothing and holds nothing: it counts as gone."""
-        return self.state.startswith(("Z", "X"))
+        return self.state.startswith(GONE_STATES)
 
 
 #: The namespaces a snapshot records, as named in /proc/PID/ns.
@@ -205,22 +209,12 @@ def parse_start_time(raw: bytes) -> int:
     return parse_stat(raw)[1]
 
 
-def _read_small(path: str) -> bytes | None:
-    """One read of a small /proc file; None when the process is gone.
-
-    ``os.open``/``os.read`` rather than ``Path.read_bytes``: the scans below read one file per
-    process on the host, and this is several times cheaper per file.
-    """
+def _read_if_there(path: str) -> bytes | None:
+    """A whole /proc file, or None when its process is gone (also between open and read)."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return _read_all(path)
     except (FileNotFoundError, ProcessLookupError):
         return None
-    try:
-        return os.read(descriptor, 65536)
-    except ProcessLookupError:  # exited between the open and the read
-        return None
-    finally:
-        os.close(descriptor)
 
 
 def _read_all(path: str) -> bytes:
@@ -237,21 +231,19 @@ def _read_all(path: str) -> bytes:
 
 def read_status(pid: int, proc: Path = Path("/proc")) -> ProcStatus | None:
     """Return the status of ``pid``, or None when it no longer exists."""
-    try:
-        return parse_status(_read_all(f"{proc}/{pid}/status"))
-    except (FileNotFoundError, ProcessLookupError):
-        return None
+    raw = _read_if_there(f"{proc}/{pid}/status")
+    return None if raw is None else parse_status(raw)
 
 
 def start_time(pid: int, proc: Path = Path("/proc")) -> int | None:
     """Return the start time of ``pid``, or None when it no longer exists."""
-    raw = _read_small(f"{proc}/{pid}/stat")
+    raw = _read_if_there(f"{proc}/{pid}/stat")
     return None if raw is None else parse_start_time(raw)
 
 
 def state_and_start(pid: int, proc: Path = Path("/proc")) -> tuple[str, int] | None:
     """Return the state and the start time of ``pid`` (one read), or None when it is gone."""
-    raw = _read_small(f"{proc}/{pid}/stat")
+    raw = _read_if_there(f"{proc}/{pid}/stat")
     return None if raw is None else parse_stat(raw)
 
 
@@ -333,7 +325,7 @@ def live_pids_of_uid(uid: int, proc: Path = Path("/proc")) -> list[int]:
     for name in os.listdir(root):  # noqa: PTH208 - strings: no Path per process
         if not name.isdigit():
             continue
-        raw = _read_small(f"{root}/{name}/status")
+        raw = _read_if_there(f"{root}/{name}/status")
         if raw is None:
             continue
         uids = _live_uids(raw)
@@ -349,7 +341,10 @@ def _live_uids(raw: bytes) -> tuple[int, ...] | None:
     end = raw.find(b"\n", start + 1)
     if state < 0 or start < 0 or end < 0:
         return None
-    if raw[state + 7 : raw.find(b"\n", state + 1)].strip()[:1] in (b"Z", b"X"):
+    if (
+        raw[state + 7 : raw.find(b"\n", state + 1)].strip()[:1].decode("ascii", "replace")
+        in GONE_STATES
+    ):
         return None
     try:
         return tuple(int(part) for part in raw[start + 5 : end].split())
