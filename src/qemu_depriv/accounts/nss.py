@@ -257,14 +257,7 @@ class LibcLookup:
                 raise ValueError(f"uid {uid} is outside 0..{UID_LIMIT - 1}")
 
         def lookup(uid: int) -> Callable[[], Account | None]:
-            def call() -> Account | None:
-                entry = _Passwd()
-                held = self._retrying(
-                    f"uid {uid}", "passwd", entry, lambda *a: self._getpwuid_r(uid, *a)
-                )
-                return None if held is None else _account(entry)
-
-            return call
+            return self._passwd_lookup(f"uid {uid}", lambda *a: self._getpwuid_r(uid, *a))
 
         found: dict[int, UserOutcome] = {}
         if self._timeout is None:
@@ -329,12 +322,17 @@ class LibcLookup:
         return self._bounded(f"the groups of user {name!r}", "group", call)
 
     def _passwd(self, key: str, call: _Call) -> Account | None:
+        return self._bounded(key, "passwd", self._passwd_lookup(key, call))
+
+    def _passwd_lookup(self, key: str, call: _Call) -> Callable[[], Account | None]:
+        """The unbounded lookup of one passwd entry, for a thread to run."""
+
         def lookup() -> Account | None:
             entry = _Passwd()
             held = self._retrying(key, "passwd", entry, call)
             return None if held is None else _account(entry)
 
-        return self._bounded(key, "passwd", lookup)
+        return lookup
 
     def _bounded(self, key: str, database: str, call: Callable[[], _T]) -> _T:
         if self._timeout is None:
@@ -396,23 +394,10 @@ def bounded_call(
             sources of ``database``.
         Whatever ``call`` raises.
     """
-    outcome: list[_T] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            outcome.append(call())
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-            failure.append(exc)
-
-    thread = threading.Thread(target=target, name=what, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise _hung(what, timeout, database, nsswitch)
-    if failure:
-        raise failure[0]
-    return outcome[0]
+    (outcome,) = bounded_calls([(what, call)], timeout, database=database, nsswitch=nsswitch)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
 
 def _hung(what: str, timeout: float, database: str, nsswitch: Path) -> AccountLookupError:
