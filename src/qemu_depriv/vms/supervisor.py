@@ -60,13 +60,11 @@ from qemu_depriv.qemu.taps import TapPlan, command_line_taps, opens_own_taps
 from qemu_depriv.vms.launcher import SOCKET_PATH_MAX, Launcher, Plan
 from qemu_depriv.vms.store import LeaseState, Mode, current_owner
 from qemu_depriv.vms.taps import check_taps
-from qemu_depriv.vms.waiter import VARIABLE, WAITED
+from qemu_depriv.vms.waiter import STOP_SIGNALS, VARIABLE, WAITED
 from qemu_depriv.xl.domain import validate_domain_name, validate_domid
 
 log = logging.getLogger(__name__)
 
-#: The signals that end a supervised VM, as libxl (SIGHUP) and service managers send them.
-STOP_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 #: Seconds QEMU gets to ``quit`` when the supervisor is told to stop.
 QUIT_TIMEOUT = 5.0
 #: What the supervisor execs while its VM runs (:mod:`qemu_depriv.vms.waiter`).
@@ -294,8 +292,9 @@ class Supervisor:
         if stopped.signal is None:
             argv = [sys.executable, "-I", "-S", str(WAITER), str(domid), str(process.pid)]
             for stream in (sys.stdout, sys.stderr, self.echo):
-                with contextlib.suppress(OSError, ValueError, AttributeError):
-                    stream.flush()  # type: ignore[union-attr]
+                if stream is not None:
+                    with contextlib.suppress(OSError, ValueError):  # closed, or a closed pipe
+                        stream.flush()
             try:
                 os.execv(sys.executable, [*argv, "--", *self.handover])  # noqa: S606 - no shell
             except OSError as exc:

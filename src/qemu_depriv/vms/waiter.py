@@ -21,8 +21,10 @@ import signal
 import sys
 
 VARIABLE = "QEMU_DEPRIV_SUPERVISED"
-#: The stop signals of ``run`` (libxl's SIGHUP, a service manager's SIGTERM, ^C) and SIGCHLD.
-WAITED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+#: The signals that end a supervised VM, as libxl (SIGHUP) and service managers send them.
+STOP_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+#: What the waiter waits for: a stop signal, or SIGCHLD for the end of QEMU's wrapper.
+WAITED = (*STOP_SIGNALS, signal.SIGCHLD)
 
 
 def wait_for(child: int) -> str:
