@@ -25,8 +25,12 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
+
+from bench.common import end_child
 
 #: The client: ``python -I -S -c CLIENT SOCKET ARGS...``.
 CLIENT = """
@@ -49,6 +53,24 @@ sys.exit(int(answer))
 def client_command(socket_path: Path, *args: str) -> list[str]:
     """The command that runs ``qemu-depriv ARGS`` through the server."""
     return [sys.executable, "-I", "-S", "-c", CLIENT, str(socket_path), *args]
+
+
+def start(socket_path: Path, *, timeout: float = 60.0) -> subprocess.Popen[bytes]:
+    """Start the server as a child (``python -m bench.forkserver SOCKET``), listening on return.
+
+    The caller ends it (``bench.common.end_child``).  One that exits, or does not listen within
+    ``timeout`` seconds, is ended here and fails the benchmark.
+    """
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.forkserver", str(socket_path)], stdin=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + timeout
+    while not socket_path.exists():
+        if server.poll() is not None or time.monotonic() > deadline:
+            end_child(server)
+            raise AssertionError(f"the prototype server did not listen on {socket_path}")
+        time.sleep(0.01)
+    return server
 
 
 def serve(socket_path: Path) -> None:

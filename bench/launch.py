@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import forkserver
 from bench.common import (
     LAUNCH_GROUP,
     LAUNCH_PASSWD,
@@ -147,17 +148,6 @@ class Bench:
     def args(self, *command: str) -> list[str]:
         return ["--state-dir", str(self.state_dir), *command, "--json"]
 
-    def start_server(self) -> None:
-        self.server = subprocess.Popen(
-            [sys.executable, "-m", "bench.forkserver", str(self.server_socket)],
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while not self.server_socket.exists():
-            assert self.server.poll() is None, "the prototype server exited"
-            assert time.monotonic() < deadline, "the prototype server did not listen"
-            time.sleep(0.01)
-
     def stop_all(self) -> None:
         if self.server is not None:
             end_child(self.server, grace=5)
@@ -202,7 +192,7 @@ def main() -> None:
         "python": bench.python,
         "prototype": bench.prototype,
     }
-    bench.start_server()
+    bench.server = forkserver.start(bench.server_socket)
     try:
         for _ in range(WARMUP):
             for variant in VARIANTS:

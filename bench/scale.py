@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import forkserver
 from bench.common import (
     LAUNCH_GROUP,
     LAUNCH_PASSWD,
@@ -319,15 +320,8 @@ def prototype_round(root: Path, state_dir: Path) -> dict[str, Any]:
     forked children are not the sampled processes: no memory figure is taken.
     """
     socket_path = root / "server.sock"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bench.forkserver", str(socket_path)], stdin=subprocess.DEVNULL
-    )
+    server = forkserver.start(socket_path)
     try:
-        deadline = time.monotonic() + 60
-        while not socket_path.exists():
-            assert server.poll() is None, "the prototype server exited"
-            assert time.monotonic() < deadline, "the prototype server did not listen"
-            time.sleep(0.01)
         names = [f"bench-p-{i:03d}" for i in range(COUNT)]
         out = root / "prototype"
         common = ("--state-dir", str(state_dir))
