@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from qemu_depriv.host import netdev
 from tests.system.vmhost import VmHost, in_netns, leftovers, private_netns, wait_for
 
 SNIFF = Path(__file__).with_name("sniff.py")
@@ -215,3 +216,45 @@ def test_a_launcher_killed_mid_launch_leaves_no_tap_after_recover(
     assert nethost.vms() == []
     assert links(netns) == ["br0", "lo"]
     assert leftovers() == []
+
+
+UDEV_STAND_IN = Path(__file__).with_name("udev_stand_in.py")
+
+
+def race_udev(netns: str, run: Path, writes_record: bool) -> tuple[dict[str, Any], str]:
+    (run / "control").touch()  # a udevd "runs" (the stand-in): only the namespace says no
+    done = subprocess.run(
+        [*in_netns(netns), sys.executable, str(UDEV_STAND_IN), str(run), str(int(writes_record))],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), done.stderr
+
+
+def test_a_tap_address_udev_changes_is_set_back_once_udev_has_processed_the_tap(
+    netns: str, tmp_path: Path
+) -> None:
+    seen, log = race_udev(netns, tmp_path, writes_record=True)
+    assert seen["before"] == "fe:16:3e:4e:00:07"  # the launch's own address, set at once
+    assert seen["settled"] is True  # it waited for udev's record, which came after 0.2 s
+    assert seen["after"] == "fe:16:3e:4e:00:07"  # and then put back what udev had changed
+    assert "udev set its address to 02:75:64:65:76:00; setting fe:16:3e:4e:00:07 again" in log
+    assert seen["sees"] is False  # udevd hears only the init namespace: a launch here skips all
+    assert links(netns) == ["br0", "lo"]
+
+
+def test_udev_that_never_processes_a_tap_is_reported_and_the_address_still_set_back(
+    netns: str, tmp_path: Path
+) -> None:
+    seen, log = race_udev(netns, tmp_path, writes_record=False)
+    assert (seen["settled"], seen["after"]) == (False, "fe:16:3e:4e:00:07")
+    assert "udev had not processed tap(s) vif7.0-emu after 1.0 s" in log
+    assert links(netns) == ["br0", "lo"]
+
+
+def test_no_udevd_means_no_wait(tmp_path: Path) -> None:
+    assert netdev.udev_sees_devices_here(tmp_path) is False  # no control socket: no udevd
+    assert netdev.udev_done(5, tmp_path) is False
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "n5").write_text("I:1\n")
+    assert netdev.udev_done(5, tmp_path) is True

@@ -22,6 +22,7 @@ import fcntl
 import os
 import socket
 import struct
+from pathlib import Path
 
 TUN = "/dev/net/tun"
 IFNAMSIZ = 16
@@ -38,6 +39,7 @@ SIOCSIFFLAGS = 0x8914
 SIOCGIFMTU = 0x8921
 SIOCSIFMTU = 0x8922
 SIOCSIFHWADDR = 0x8924
+SIOCGIFHWADDR = 0x8927
 SIOCBRADDIF = 0x89A2
 SIOCGIFINDEX = 0x8933
 SIOCETHTOOL = 0x8946
@@ -46,6 +48,9 @@ ETHTOOL_GDRVINFO = 0x3
 DRVINFO_SIZE = 4 + 5 * 32 + 12 + 5 * 4
 IFF_UP = 0x1
 ARPHRD_ETHER = 1
+#: udev's run directory: ``control`` is its socket, ``data/n<ifindex>`` its record of a
+#: network device, written once it has processed the device's arrival.
+UDEV_RUN = Path("/run/udev")
 
 
 class NetdevError(OSError):
@@ -139,6 +144,55 @@ def is_persistent(fd: int) -> bool:
     return bool(flags & IFF_PERSIST)
 
 
+def mac_of(name: str) -> str | None:
+    """The device's hardware address (``aa:bb:cc:dd:ee:ff``), None when it does not exist."""
+    try:
+        reply = _query(SIOCGIFHWADDR, name)
+    except NetdevError:
+        return None
+    return reply[IFNAMSIZ + 2 : IFNAMSIZ + 8].hex(":")
+
+
+def set_mac(name: str, mac: str) -> None:
+    """Give the device the hardware address ``mac``.
+
+    Raises:
+        NetdevError: the kernel refused (its message names the device).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        _set_mac(sock.fileno(), name, mac)
+
+
+def _set_mac(fd: int, name: str, mac: str) -> None:
+    address = bytes.fromhex(mac.replace(":", ""))
+    _ioctl(fd, SIOCSIFHWADDR, name, struct.pack("H6s", ARPHRD_ETHER, address))
+
+
+def udev_sees_devices_here(run: Path = UDEV_RUN) -> bool:
+    """Whether a udev daemon runs and sees the devices of this network namespace.
+
+    udevd runs in the init process's network namespace and hears only its devices' events;
+    in another namespace, or with no udevd (``control`` absent: a container), nothing of
+    udev's will touch a device made here.
+    """
+    if not (run / "control").exists():
+        return False
+    try:
+        return Path("/proc/self/ns/net").stat().st_ino == Path("/proc/1/ns/net").stat().st_ino
+    except OSError:
+        return False
+
+
+def udev_done(index: int, run: Path = UDEV_RUN) -> bool:
+    """Whether udev has processed the arrival of the device with interface index ``index``.
+
+    udev writes ``data/n<index>`` after it has run its rules and applied the device's
+    ``.link`` configuration (a persistent MAC address among them); an index is not reused
+    while the kernel has others left to hand out.
+    """
+    return (run / "data" / f"n{index}").exists()
+
+
 def configure(name: str, *, mac: str | None, bridge: str | None, mtu: int | None) -> None:
     """Give the device its address and MTU, make it a port of ``bridge``, and bring it up.
 
@@ -148,8 +202,7 @@ def configure(name: str, *, mac: str | None, bridge: str | None, mtu: int | None
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         fd = sock.fileno()
         if mac is not None:
-            address = bytes.fromhex(mac.replace(":", ""))
-            _ioctl(fd, SIOCSIFHWADDR, name, struct.pack("H6s", ARPHRD_ETHER, address))
+            _set_mac(fd, name, mac)
         if mtu is not None:
             _ioctl(fd, SIOCSIFMTU, name, struct.pack("i", mtu))
         if bridge is not None:

@@ -7,21 +7,36 @@ removes each one when its last descriptor closes, so when QEMU exits, or a launc
 before QEMU runs, or the launcher is killed, the taps go with them.  Teardown checks that, and
 removes one that outlived its VM: only a tap this VM's launch created, recognised by its
 interface index (a tap made since under the same name is someone else's).
+
+udev hears of each new tap and, on a systemd host, applies ``99-default.link``'s
+``MACAddressPolicy=persistent``: a device whose address the kernel chose at random gets one
+derived from its name.  udev reads that "chosen at random" before or after the launcher sets
+the tap's address, so it may overwrite the address a moment later (a race Docker and others
+met with their bridges and veths).  The launcher therefore waits, where udev sees the tap, until
+udev has processed it, then puts back any address udev changed: udev does not touch a device
+again once it has processed its arrival.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from qemu_depriv.errors import EnvironmentFailure
 from qemu_depriv.host import netdev
 from qemu_depriv.host.processes import wait_until
 from qemu_depriv.qemu.taps import TapPlan
+
+log = logging.getLogger(__name__)
+
+#: How long a launch waits for udev to process its new taps (milliseconds, normally).
+UDEV_TIMEOUT = 5.0
 
 
 def bridge_fix(bridge: str) -> str:
@@ -88,10 +103,53 @@ def open_taps(taps: Sequence[TapPlan]) -> OpenTaps:
             )
             if tap.bridge is not None or tap.mac is not None or tap.mtu is not None:
                 _configure(tap)
+        _after_udev(taps, opened.records)
     except BaseException:
         opened.close()
         raise
     return opened
+
+
+def _after_udev(taps: Sequence[TapPlan], records: Sequence[dict[str, Any]]) -> None:
+    created = [r["ifindex"] for r in records if r["created"] and r["ifindex"] is not None]
+    if created and netdev.udev_sees_devices_here():
+        restore_after_udev(taps, created)
+
+
+def restore_after_udev(
+    taps: Sequence[TapPlan],
+    created: Sequence[int],
+    *,
+    timeout: float = UDEV_TIMEOUT,
+    run: Path = netdev.UDEV_RUN,
+) -> bool:
+    """Give back each tap address udev changed, once it has processed the taps ``created``.
+
+    Waits at most ``timeout`` for udev's records of the taps (by interface index) and returns
+    whether they all came.
+
+    Raises:
+        EnvironmentFailure: the kernel refused an address back.
+    """
+    settled = wait_until(lambda: all(netdev.udev_done(i, run) for i in created), timeout)
+    for tap in taps:
+        if tap.mac is None or (now := netdev.mac_of(tap.name)) == tap.mac:
+            continue
+        log.info("tap %s: udev set its address to %s; setting %s again", tap.name, now, tap.mac)
+        try:
+            netdev.set_mac(tap.name, tap.mac)
+        except netdev.NetdevError as exc:
+            raise EnvironmentFailure(
+                f"cannot set tap {tap.name}'s address back to {tap.mac} after udev changed it "
+                f"to {now}: {os.strerror(exc.errno or 0)}"
+            ) from exc
+    if not settled:
+        log.warning(
+            "udev had not processed tap(s) %s after %s s: it may still change their addresses "
+            "(see 'udevadm monitor', and MACAddressPolicy= in systemd.link(5))",
+            ", ".join(t.name for t in taps), timeout,
+        )  # fmt: skip
+    return settled
 
 
 def _open(tap: TapPlan) -> int:

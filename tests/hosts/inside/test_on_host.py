@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.hosts.inside.host import (
     CGROUP,
@@ -309,3 +310,54 @@ def test_a_nic_on_a_bridge_is_a_tap_the_launcher_hands_qemu_and_takes_away(
         assert gone.returncode != 0
     finally:
         subprocess.run(["ip", "link", "delete", bridge], check=False)
+
+
+UDEV_LINK = "/run/systemd/network/10-qd-test-taps.link"
+
+
+def test_an_address_udev_gives_a_new_tap_is_set_back_to_the_vms(host: Host, saw: Saw) -> None:
+    """udev applies a .link to each new tap, racing the launcher; the launcher has the last word.
+
+    ``MACAddressPolicy=none`` with ``MACAddress=`` makes udev set its address on every tap it
+    sees arrive (whatever the tap's ``addr_assign_type``), so it always acts after the
+    launcher set the tap's address: the race that ``MACAddressPolicy=persistent`` only
+    sometimes loses, made certain.
+    """
+    bridge = "qdbr1"
+    link = Path(UDEV_LINK)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.write_text(
+        "[Match]\nOriginalName=vif*-emu\n\n[Link]\nMACAddressPolicy=none\n"
+        "MACAddress=02:75:64:65:76:01\n"
+    )
+    subprocess.run(["udevadm", "control", "--reload"], check=True)
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    try:
+        subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+        assert host.workdir is not None
+        path = host.workdir / "udev.cfg"
+        path.write_text(
+            'name = "udev"\ntype = "hvm"\nmemory = 64\nvcpus = 1\n'
+            f"vif = [ 'mac=00:16:3e:4e:00:0a,bridge={bridge},model=e1000' ]\n"
+        )
+        code, vm, stderr = host.json("launch", str(path), "--start-timeout", START_TIMEOUT)
+        assert code == 0, stderr
+        tap = f"vif{vm['domid']}.0-emu"
+        info = subprocess.run(
+            ["udevadm", "info", "--query=property", f"/sys/class/net/{tap}"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        applied = dict(line.split("=", 1) for line in info.splitlines() if "=" in line)
+        saw("udev", {k: applied.get(k) for k in ("ID_NET_LINK_FILE", "INTERFACE")})
+        assert applied.get("ID_NET_LINK_FILE") == UDEV_LINK  # udev did process it with ours
+        shown = json.loads(
+            subprocess.run(["ip", "-j", "link", "show", tap], capture_output=True, text=True,
+                           check=True).stdout
+        )[0]  # fmt: skip
+        saw("tap", {k: shown.get(k) for k in ("ifname", "master", "address")})
+        assert (shown["master"], shown["address"]) == (bridge, "fe:16:3e:4e:00:0a")
+        host.stop("udev")
+    finally:
+        subprocess.run(["ip", "link", "delete", bridge], check=False)
+        link.unlink(missing_ok=True)
+        subprocess.run(["udevadm", "control", "--reload"], check=False)
