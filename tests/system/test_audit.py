@@ -194,11 +194,13 @@ def test_each_uid_is_looked_up_once_per_audit_and_a_failing_lookup_keeps_the_fin
             for pid in (one, two):
                 assert seen[pid]["user"] is None  # no account owns it
                 assert {"uid-shared", "no-seccomp", "no-chroot", "not-ours"} <= codes(seen[pid])
-            # The failed lookup does not end the audit, nor drop this process or its findings.
+                assert "lookup-error" not in codes(seen[pid])
+            # The failed lookup does not end the audit, nor drop this process or its findings,
+            # and it is a finding of its own, never "no such account".
             assert seen[failing]["user"] is None
             assert seen[failing]["uid"] == FAILING_UID
             expected = {"no-seccomp", "no-chroot", "no-namespaces", "no-limits", "not-ours"}
-            assert expected <= codes(seen[failing])
+            assert expected | {"lookup-error"} <= codes(seen[failing])
     lines = asked.read_text().splitlines()
     # Once per uid per audit: the two QEMUs of one uid share its lookup; the next audit asks again.
     assert lines.count(f"uid {SHARED_UID}") == 2
@@ -229,7 +231,7 @@ def test_a_hung_lookup_times_out_once_and_the_next_uid_is_still_looked_up(
     seen = by_pid(report)
     for pid in (hung, hung_too):
         assert seen[pid]["user"] is None
-        assert {"uid-shared", "no-seccomp", "not-ours"} <= codes(seen[pid])
+        assert {"uid-shared", "no-seccomp", "not-ours", "lookup-error"} <= codes(seen[pid])
     # Looked up after the hung one, on a fresh thread: found, and judged by its login shell.
     assert seen[alice]["user"] == "alice"
     assert "uid-human" in codes(seen[alice])

@@ -72,6 +72,16 @@ def test_an_account_with_a_login_shell_is_human() -> None:
     assert "uid-human" not in codes([service], [])[0]
 
 
+def test_a_failed_account_lookup_is_a_warning_never_no_such_account() -> None:
+    failed = replace(observed(), lookup_error="looking up uid 131072: timed out after 10 s")
+    audited = findings_for([failed], [record()], state_dir=STATE, host_namespaces=HOST_NS)
+    [finding] = audited[0].findings
+    assert (finding.code, finding.severity) == ("lookup-error", Severity.WARNING)
+    assert finding.message.startswith(f"uid {UID} of pid 100: looking up uid 131072: timed out")
+    assert not summary(audited)["ok"]  # the audit cannot vouch for the uid: exit 1
+    assert codes([observed()], [record()]) == [[]]  # an account that answers "none" is fine
+
+
 def test_missing_layers_are_warnings() -> None:
     bare = observed(ours=None, seccomp=0)
     bare = replace(

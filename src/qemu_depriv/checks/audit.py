@@ -67,6 +67,11 @@ CODES: dict[str, tuple[Severity, str]] = {
         Severity.CRITICAL,
         "the state store and the process disagree: stop it, then run qemu-depriv list",
     ),
+    "lookup-error": (
+        Severity.WARNING,
+        "its account could not be looked up, so whether it is a login account is unknown: "
+        "check the passwd sources (qemu-depriv doctor), then audit again",
+    ),
     "uid-shared": (
         Severity.WARNING,
         "give each device model its own uid (the range tier does so with one account)",
@@ -110,6 +115,8 @@ class Observed:
     shell: str | None = None
     memory_limited: bool = False
     pids_limited: bool = False
+    #: Why its uid's account lookup failed or hung (None: it answered, found or not).
+    lookup_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +202,13 @@ def _uid_human(o: Observed, _c: _Context) -> Finding | None:
     return _finding("uid-human", f"uid {uid} ({o.user}) has the login shell {o.shell}")
 
 
+def _lookup_error(o: Observed, _c: _Context) -> Finding | None:
+    if o.lookup_error is None:
+        return None
+    uid = o.snap.status.uids[1]
+    return _finding("lookup-error", f"uid {uid} of pid {o.snap.pid}: {o.lookup_error}")
+
+
 def _uid_shared(o: Observed, c: _Context) -> Finding | None:
     uid = o.snap.status.uids[1]
     if uid == 0 or c.by_uid[uid] < 2:
@@ -271,8 +285,8 @@ def _record(c: _Context, domid: str | None) -> Lease | VmRecord | None:
 
 #: One small check per finding code (``not-ours`` and ``lease-mismatch`` share the lease's).
 CHECKS: tuple[Callable[[Observed, _Context], Finding | None], ...] = (
-    _uid_root, _caps, _uid_human, _uid_shared, _no_seccomp, _no_chroot, _no_namespaces,
-    _no_limits, _lease,
+    _uid_root, _caps, _uid_human, _lookup_error, _uid_shared, _no_seccomp, _no_chroot,
+    _no_namespaces, _no_limits, _lease,
 )  # fmt: skip
 
 
@@ -362,7 +376,7 @@ def observe(
     """Read each QEMU process, those that exited meanwhile left out, and what surrounds it.
 
     Each uid's account is looked up once and each cgroup's limits read once.  A uid whose
-    lookup fails has no user or shell, as one that no account owns.
+    lookup fails has no user or shell, and the failure, never read as "no such account".
     """
     read = [found for pid in pids if (found := _read(pid)) is not None]
     accounts = users_by_uid(lookup, (snap.status.uids[1] for snap, _, _ in read))
@@ -370,11 +384,13 @@ def observe(
     observed = []
     for snap, started, words in read:
         account = accounts[snap.status.uids[1]]
-        user = shell = None
-        if isinstance(account, Account):  # not None ("no such account") nor a failed lookup
+        user = shell = failed = None
+        if isinstance(account, Account):
             user, shell = account.name, account.shell
+        elif account is not None:  # the lookup failed or hung: not "no such account"
+            failed = str(account)
         memory, tasks = limits.limited(snap, "memory"), limits.limited(snap, "pids")
-        observed.append(Observed(snap, started, words, user, shell, memory, tasks))
+        observed.append(Observed(snap, started, words, user, shell, memory, tasks, failed))
     return observed
 
 
