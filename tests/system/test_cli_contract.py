@@ -59,3 +59,29 @@ def test_audit_reports_an_unwritable_prometheus_file_as_exit_4(
     assert code == 4
     assert err[-1].startswith(f"qemu-depriv: error: --prometheus {target}: cannot write it")
     assert not Path(target).exists()
+
+
+def test_json_is_one_line_for_a_program_and_indented_on_a_terminal(tmp_path: Path) -> None:
+    state = str(tmp_path / "s")
+    argv = [sys.executable, "-m", "qemu_depriv", "--state-dir", state, "list", "--json"]
+    piped = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60)
+    assert piped.stdout == '{"vms": []}\n'
+    controller, terminal = os.openpty()
+    try:
+        try:
+            subprocess.run(argv, stdout=terminal, check=True, timeout=60)
+        finally:
+            os.close(terminal)
+        shown = b""
+        while chunk := _read_pty(controller):
+            shown += chunk
+    finally:
+        os.close(controller)
+    assert shown.decode().replace("\r\n", "\n") == '{\n  "vms": []\n}\n'
+
+
+def _read_pty(fd: int) -> bytes:
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # EIO: the terminal's other end is closed and all was read
+        return b""

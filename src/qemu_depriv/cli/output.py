@@ -12,9 +12,16 @@ if TYPE_CHECKING:
 
 
 def emit_json(data: Any) -> None:
-    """Print ``data`` as one JSON document on stdout."""
+    """Print ``data`` as one JSON document on stdout: indented on a terminal, one line otherwise.
+
+    Python's json module indents only in its pure-Python encoder, six times slower than the C
+    encoder that writes it on one line: 68 ms against 11 ms for the ``list --json`` of 200 VMs.
+    A program reading the output parses one line as well as many, and a person at a terminal
+    still gets it indented (``jq .`` indents what was piped).
+    """
+    indent = 2 if sys.stdout.isatty() else None
     # One write: json.dump writes piece by piece, a system call each when stdout is unbuffered.
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    sys.stdout.write(json.dumps(data, indent=indent) + "\n")
 
 
 def warn(message: str) -> None:
