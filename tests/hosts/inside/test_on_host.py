@@ -6,12 +6,14 @@ with its limits as systemd set them, and leave no unit behind. Every test record
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tests.hosts.inside.host import (
     CGROUP,
@@ -280,36 +282,47 @@ def test_the_capability_probe_picks_the_form_this_qemu_offers(host: Host, saw: S
     saw("qemu", {"version": ".".join(map(str, version)), "chosen form": " ".join(chosen)})
 
 
-def test_a_nic_on_a_bridge_is_a_tap_the_launcher_hands_qemu_and_takes_away(
-    host: Host, saw: Saw
-) -> None:
-    """The guest is disposable: its own network namespace gets the bridge."""
-    bridge = "qdbr0"
+@contextlib.contextmanager
+def vm_on_a_bridge(host: Host, name: str, mac: str) -> Iterator[tuple[dict[str, Any], str]]:
+    """A VM launched with one NIC on a bridge of its own: its launch JSON and its tap."""
+    bridge = f"qdbr-{name}"
     subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
     try:
         subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
         assert host.workdir is not None
-        path = host.workdir / "nic.cfg"
+        path = host.workdir / f"{name}.cfg"
         path.write_text(
-            'name = "nic"\ntype = "hvm"\nmemory = 64\nvcpus = 1\n'
-            f"vif = [ 'mac=00:16:3e:4e:00:09,bridge={bridge},model=e1000' ]\n"
+            f'name = "{name}"\ntype = "hvm"\nmemory = 64\nvcpus = 1\n'
+            f"vif = [ 'mac={mac},bridge={bridge},model=e1000' ]\n"
         )
         code, vm, stderr = host.json("launch", str(path), "--start-timeout", START_TIMEOUT)
         assert code == 0, stderr
-        tap = f"vif{vm['domid']}.0-emu"
-        shown = json.loads(
-            subprocess.run(["ip", "-j", "link", "show", tap], capture_output=True, text=True,
-                           check=True).stdout
-        )[0]  # fmt: skip
+        yield vm, f"vif{vm['domid']}.0-emu"
+    finally:
+        subprocess.run(["ip", "link", "delete", bridge], check=False)
+
+
+def link_of(device: str) -> dict[str, Any]:
+    """What ``ip -j link show`` says of ``device``."""
+    shown = subprocess.run(
+        ["ip", "-j", "link", "show", device], capture_output=True, text=True, check=True
+    )
+    return dict(json.loads(shown.stdout)[0])
+
+
+def test_a_nic_on_a_bridge_is_a_tap_the_launcher_hands_qemu_and_takes_away(
+    host: Host, saw: Saw
+) -> None:
+    """The guest is disposable: its own network namespace gets the bridge."""
+    with vm_on_a_bridge(host, "nic", "00:16:3e:4e:00:09") as (vm, tap):
+        shown = link_of(tap)
         saw("tap", {k: shown.get(k) for k in ("ifname", "master", "address", "mtu")})
-        assert (shown["master"], shown["address"]) == (bridge, "fe:16:3e:4e:00:09")
+        assert (shown["master"], shown["address"]) == ("qdbr-nic", "fe:16:3e:4e:00:09")
         saw("verified", vm["verification"]["layers"]["taps"])
         assert vm["verification"]["layers"]["taps"]["observed"] == [tap]
         host.stop("nic")
         gone = subprocess.run(["ip", "link", "show", tap], capture_output=True, check=False)
         assert gone.returncode != 0
-    finally:
-        subprocess.run(["ip", "link", "delete", bridge], check=False)
 
 
 UDEV_LINK = "/run/systemd/network/10-qd-test-taps.link"
@@ -323,7 +336,6 @@ def test_an_address_udev_gives_a_new_tap_is_set_back_to_the_vms(host: Host, saw:
     launcher set the tap's address: the race that ``MACAddressPolicy=persistent`` only
     sometimes loses, made certain.
     """
-    bridge = "qdbr1"
     link = Path(UDEV_LINK)
     link.parent.mkdir(parents=True, exist_ok=True)
     link.write_text(
@@ -331,33 +343,19 @@ def test_an_address_udev_gives_a_new_tap_is_set_back_to_the_vms(host: Host, saw:
         "MACAddress=02:75:64:65:76:01\n"
     )
     subprocess.run(["udevadm", "control", "--reload"], check=True)
-    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
     try:
-        subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
-        assert host.workdir is not None
-        path = host.workdir / "udev.cfg"
-        path.write_text(
-            'name = "udev"\ntype = "hvm"\nmemory = 64\nvcpus = 1\n'
-            f"vif = [ 'mac=00:16:3e:4e:00:0a,bridge={bridge},model=e1000' ]\n"
-        )
-        code, vm, stderr = host.json("launch", str(path), "--start-timeout", START_TIMEOUT)
-        assert code == 0, stderr
-        tap = f"vif{vm['domid']}.0-emu"
-        info = subprocess.run(
-            ["udevadm", "info", "--query=property", f"/sys/class/net/{tap}"],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        applied = dict(line.split("=", 1) for line in info.splitlines() if "=" in line)
-        saw("udev", {k: applied.get(k) for k in ("ID_NET_LINK_FILE", "INTERFACE")})
-        assert applied.get("ID_NET_LINK_FILE") == UDEV_LINK  # udev did process it with ours
-        shown = json.loads(
-            subprocess.run(["ip", "-j", "link", "show", tap], capture_output=True, text=True,
-                           check=True).stdout
-        )[0]  # fmt: skip
-        saw("tap", {k: shown.get(k) for k in ("ifname", "master", "address")})
-        assert (shown["master"], shown["address"]) == (bridge, "fe:16:3e:4e:00:0a")
-        host.stop("udev")
+        with vm_on_a_bridge(host, "udev", "00:16:3e:4e:00:0a") as (_vm, tap):
+            info = subprocess.run(
+                ["udevadm", "info", "--query=property", f"/sys/class/net/{tap}"],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            applied = dict(line.split("=", 1) for line in info.splitlines() if "=" in line)
+            saw("udev", {k: applied.get(k) for k in ("ID_NET_LINK_FILE", "INTERFACE")})
+            assert applied.get("ID_NET_LINK_FILE") == UDEV_LINK  # udev processed it with ours
+            shown = link_of(tap)
+            saw("tap", {k: shown.get(k) for k in ("ifname", "master", "address")})
+            assert (shown["master"], shown["address"]) == ("qdbr-udev", "fe:16:3e:4e:00:0a")
+            host.stop("udev")
     finally:
-        subprocess.run(["ip", "link", "delete", bridge], check=False)
         link.unlink(missing_ok=True)
         subprocess.run(["udevadm", "control", "--reload"], check=False)
