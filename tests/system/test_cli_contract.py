@@ -85,3 +85,17 @@ def _read_pty(fd: int) -> bytes:
         return os.read(fd, 4096)
     except OSError:  # EIO: the terminal's other end is closed and all was read
         return b""
+
+
+def test_an_audit_without_prometheus_does_not_load_prometheus_client(tmp_path: Path) -> None:
+    """Its import costs about as much as the rest of an audit: only --prometheus pays it."""
+    state, metrics = str(tmp_path / "s"), str(tmp_path / "audit.prom")
+    program = (
+        "import sys\nfrom qemu_depriv.cli.main import main\n"
+        "code = main(sys.argv[1:])\nprint(code, 'prometheus_client' in sys.modules)\n"
+    )
+    for extra, loaded in (([], "False"), (["--prometheus", metrics], "True")):
+        argv = [sys.executable, "-c", program, "--state-dir", state, "audit", *extra]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+        assert done.stdout.split()[-1] == loaded, done.stderr
+    assert Path(metrics).exists()
