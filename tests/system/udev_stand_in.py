@@ -41,7 +41,7 @@ def main() -> None:
 
         racer = threading.Timer(0.2, udev)
         racer.start()
-        settled = restore_after_udev([tap], [index], timeout=1.0, run=run)
+        settled = restore_after_udev([tap], {index: tap.name}, timeout=1.0, run=run)
         racer.join()
         print(json.dumps({"before": before, "settled": settled, "after": netdev.mac_of(tap.name),
                           "sees": netdev.udev_sees_devices_here(run)}))  # fmt: skip

@@ -23,7 +23,7 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,22 +111,22 @@ def open_taps(taps: Sequence[TapPlan]) -> OpenTaps:
 
 
 def _after_udev(taps: Sequence[TapPlan], records: Sequence[dict[str, Any]]) -> None:
-    created = [r["ifindex"] for r in records if r["created"] and r["ifindex"] is not None]
+    created = {r["ifindex"]: r["name"] for r in records if r["created"] and r["ifindex"]}
     if created and netdev.udev_sees_devices_here():
         restore_after_udev(taps, created)
 
 
 def restore_after_udev(
     taps: Sequence[TapPlan],
-    created: Sequence[int],
+    created: Mapping[int, str],
     *,
     timeout: float = UDEV_TIMEOUT,
     run: Path = netdev.UDEV_RUN,
 ) -> bool:
     """Give back each tap address udev changed, once it has processed the taps ``created``.
 
-    Waits at most ``timeout`` for udev's records of the taps (by interface index) and returns
-    whether they all came.
+    ``created`` names each new tap by its interface index.  Waits at most ``timeout`` for
+    udev's records of them and returns whether they all came.
 
     Raises:
         EnvironmentFailure: the kernel refused an address back.
@@ -144,10 +144,11 @@ def restore_after_udev(
                 f"to {now}: {os.strerror(exc.errno or 0)}"
             ) from exc
     if not settled:
+        pending = [name for index, name in created.items() if not netdev.udev_done(index, run)]
         log.warning(
             "udev had not processed tap(s) %s after %s s: it may still change their addresses "
             "(see 'udevadm monitor', and MACAddressPolicy= in systemd.link(5))",
-            ", ".join(t.name for t in taps), timeout,
+            ", ".join(pending), timeout,
         )  # fmt: skip
     return settled
 
