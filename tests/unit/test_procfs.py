@@ -7,16 +7,23 @@ the status of PID 1, running as root with every capability.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from qemu_depriv.host import procfs
 from qemu_depriv.host.procfs import (
+    ProcStatus,
     live_pids_of_uid,
     parse_start_time,
     parse_stat,
     parse_status,
+    read_process,
     read_status,
+    snapshot,
+    start_time,
 )
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -252,3 +259,83 @@ def test_the_scan_agrees_with_the_full_parser_on_this_host() -> None:
         # A process may exit meanwhile: those still there must have been found.
         still = {p for p in pids if (s := read_status(p)) is not None and not s.zombie}
         assert still <= found, uid
+
+
+# -- reading one process through one handle ---------------------------------------------------
+
+
+def fake_process(directory: Path, words: list[str], start: int) -> None:
+    """A /proc/PID-like directory: the QEMU sample's status and every file a snapshot reads."""
+    directory.mkdir()
+    (directory / "status").write_bytes(QEMU_STATUS)
+    (directory / "ns").mkdir()
+    for name in ("mnt", "ipc", "net", "pid", "uts", "user"):
+        (directory / "ns" / name).symlink_to(f"{name}:[{start}]")
+    (directory / "fd").mkdir()
+    (directory / "fd" / "0").symlink_to("/dev/null")
+    (directory / "root").symlink_to("/")
+    (directory / "limits").write_text(
+        "Limit                     Soft Limit           Hard Limit           Units\n"
+        "Max core file size        0                    0                    bytes\n"
+    )
+    (directory / "cgroup").write_text("0::/qemu\n")
+    fields = QEMU_STAT.rstrip(b"\n").split(b" ")
+    fields[21] = str(start).encode()  # field 22, the start time
+    (directory / "stat").write_bytes(b" ".join(fields) + b"\n")
+    (directory / "cmdline").write_bytes(b"".join(w.encode() + b"\0" for w in words))
+
+
+def test_read_process_reads_the_snapshot_start_time_and_command_line(tmp_path: Path) -> None:
+    fake_process(tmp_path / "123", ["qemu-system-x86_64", "-name", "a"], 4242)
+    read = read_process(123, tmp_path)
+    assert read is not None
+    snap, started, words = read
+    assert (snap.pid, snap.status.uids, snap.root) == (123, (131073,) * 4, "/")
+    assert snap.namespaces["mnt"] == "mnt:[4242]"
+    assert snap.limits == {"core": (0, 0)}
+    assert (snap.cgroups, snap.fds) == ({"": "/qemu"}, ("/dev/null",))
+    assert (started, words) == (4242, ("qemu-system-x86_64", "-name", "a"))
+    assert read_process(124, tmp_path) is None
+
+
+def test_a_pid_taken_by_another_process_midway_never_mixes_into_the_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first process exits after its status is read, and a new one gets its pid.
+
+    Every later file comes from the first all the same: they are read through the handle
+    opened on its directory, not by a path that now names the second.
+    """
+    fake_process(tmp_path / "123", ["qemu-system-x86_64", "-name", "first"], 1000)
+    real_parse = procfs.parse_status
+
+    def exit_and_reuse(raw: bytes) -> ProcStatus:
+        if not (tmp_path / "gone").exists():
+            (tmp_path / "123").rename(tmp_path / "gone")
+            fake_process(tmp_path / "123", ["qemu-system-x86_64", "-name", "second"], 2000)
+        return real_parse(raw)
+
+    monkeypatch.setattr(procfs, "parse_status", exit_and_reuse)
+    read = read_process(123, tmp_path)
+    assert read is not None
+    snap, started, words = read
+    assert (snap.namespaces["net"], started, words[-1]) == ("net:[1000]", 1000, "first")
+
+
+def test_read_process_of_a_live_child_then_of_it_reaped() -> None:
+    argv = [sys.executable, "-c", "import time; time.sleep(30)", "x y"]
+    child = subprocess.Popen(argv)
+    try:
+        read = read_process(child.pid)
+        assert read is not None
+        snap, started, words = read
+        assert (snap.pid, started) == (child.pid, start_time(child.pid))
+        assert words == tuple(argv)
+        assert snap.namespaces == {
+            n: str(Path(f"/proc/self/ns/{n}").readlink()) for n in procfs.NAMESPACES
+        }
+    finally:
+        child.kill()
+        child.wait()
+    assert read_process(child.pid) is None
+    assert snapshot(child.pid) is None

@@ -2,8 +2,9 @@
 
 Processes are found by their executable (``/proc/PID/exe`` named ``qemu-system-*``,
 ``qemu-kvm`` or ``qemu-dm``), not by a name a process can choose.  Each is read with the
-launcher's own snapshot (:func:`qemu_depriv.host.procfs.snapshot`), matched to the state
-store, and given findings, each with a stable code, a severity and a fix, from one small check
+launcher's own snapshot, with its start time and command line, all through one handle on its
+/proc directory (:func:`qemu_depriv.host.procfs.read_process`); then matched to the state
+store and given findings, each with a stable code, a severity and a fix, from one small check
 per code (:data:`CHECKS`) whose message names only what it saw missing.  The findings are a
 pure function of the snapshots, the accounts and the records (:func:`findings_for`).
 
@@ -32,11 +33,9 @@ from qemu_depriv.host.procfs import (
     NAMESPACES,
     UNLIMITED,
     Snapshot,
-    cmdline,
     own_namespaces,
     qemu_pids,
-    snapshot,
-    start_time,
+    read_process,
 )
 from qemu_depriv.isolation.cgroups import CgroupHost, controller_path
 from qemu_depriv.qemu.cmdline import network_facing, rough_options
@@ -362,14 +361,6 @@ def _limit_set(group: str, controller: str) -> bool:
     return False
 
 
-def _read(pid: int) -> tuple[Snapshot, int, tuple[str, ...]] | None:
-    """One QEMU process's snapshot, start time and command line; None when it exited meanwhile."""
-    snap, started, words = snapshot(pid), start_time(pid), cmdline(pid)
-    if snap is None or started is None or words is None:
-        return None
-    return snap, started, words
-
-
 def observe(
     pids: list[int], lookup: AccountLookup, cgroup_root: Callable[[str], Path | None]
 ) -> list[Observed]:
@@ -378,7 +369,7 @@ def observe(
     Each uid's account is looked up once and each cgroup's limits read once.  A uid whose
     lookup fails has no user or shell, and the failure, never read as "no such account".
     """
-    read = [found for pid in pids if (found := _read(pid)) is not None]
+    read = [found for pid in pids if (found := read_process(pid)) is not None]
     accounts = users_by_uid(lookup, (snap.status.uids[1] for snap, _, _ in read))
     limits = _Limits(cgroup_root)
     observed = []

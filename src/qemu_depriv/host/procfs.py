@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 #: The states (first letter of State, field 3 of stat) of a process that is gone but not reaped:
 #: zombie, dead.  It runs nothing and holds nothing: it counts as gone.
@@ -217,9 +221,12 @@ def _read_if_there(path: str) -> bytes | None:
         return None
 
 
-def _read_all(path: str) -> bytes:
-    """A whole /proc file, read to its end as ``Path.read_bytes`` reads it; raises as it does."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+def _read_all(path: str, directory: int | None = None) -> bytes:
+    """A whole /proc file, read to its end as ``Path.read_bytes`` reads it; raises as it does.
+
+    ``path`` is relative to the open ``directory`` when one is given.
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
     try:
         chunks = []
         while chunk := os.read(descriptor, 65536):
@@ -247,47 +254,89 @@ def state_and_start(pid: int, proc: Path = Path("/proc")) -> tuple[str, int] | N
     return None if raw is None else parse_stat(raw)
 
 
-def _links(directory: str) -> dict[str, str]:
+def _links(directory: int) -> dict[str, str]:
+    """The target of every link in the open ``directory`` (closed meanwhile: left out)."""
     links = {}
-    for name in os.listdir(directory):  # noqa: PTH208 - no Path per file
+    for name in os.listdir(directory):
         try:
-            links[name] = os.readlink(f"{directory}/{name}")  # noqa: PTH115 - no Path per file
+            links[name] = os.readlink(name, dir_fd=directory)
         except FileNotFoundError:  # closed meanwhile
             continue
     return links
 
 
+def _through_handle(pid: int, proc: Path, read: Callable[[int, int], _T]) -> _T | None:
+    """``read(handle, pid)`` with a handle on ``/proc/PID``; None when the process is gone.
+
+    Every file read through the handle belongs to the process it was opened on: should that
+    process exit and its pid be reused meanwhile, the reads fail rather than mix in the new
+    process.  The relative paths are also shorter walks than ``/proc/PID/...`` for each.
+    """
+    try:
+        handle = os.open(f"{proc}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    try:
+        return read(handle, pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    finally:
+        os.close(handle)
+
+
+def _snapshot_at(handle: int, pid: int) -> Snapshot:
+    status = parse_status(_read_all("status", handle))
+    namespaces = {n: os.readlink(f"ns/{n}", dir_fd=handle) for n in NAMESPACES}
+    fd_dir = os.open("fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=handle)
+    try:
+        fds = _links(fd_dir)
+        taps = _taps(handle, fd_dir, fds)
+    finally:
+        os.close(fd_dir)
+    return Snapshot(
+        pid=pid,
+        status=status,
+        root=os.readlink("root", dir_fd=handle),
+        namespaces=namespaces,
+        limits=parse_limits(_read_all("limits", handle)),
+        cgroups=parse_cgroup(_read_all("cgroup", handle)),
+        fds=tuple(fds[fd] for fd in sorted(fds, key=int)),
+        taps=taps,
+    )
+
+
 def snapshot(pid: int, proc: Path = Path("/proc")) -> Snapshot | None:
-    """Read every layer of ``pid``; None when it exited meanwhile.
+    """Read every layer of ``pid``, all of one process; None when it exited meanwhile.
 
     Raises:
         ValueError: /proc returned something unparseable.
     """
-    base = f"{proc}/{pid}"
-    status = read_status(pid, proc)
-    if status is None:
-        return None
-    try:
-        namespaces = {
-            n: os.readlink(f"{base}/ns/{n}")  # noqa: PTH115 - no Path per file
-            for n in NAMESPACES
-        }
-        fds = _links(f"{base}/fd")
-        return Snapshot(
-            pid=pid,
-            status=status,
-            root=os.readlink(f"{base}/root"),  # noqa: PTH115 - no Path per file
-            namespaces=namespaces,
-            limits=parse_limits(_read_all(f"{base}/limits")),
-            cgroups=parse_cgroup(_read_all(f"{base}/cgroup")),
-            fds=tuple(fds[fd] for fd in sorted(fds, key=int)),
-            taps=_taps(base, fds),
-        )
-    except (FileNotFoundError, ProcessLookupError):
-        return None
+    return _through_handle(pid, proc, _snapshot_at)
 
 
-def _taps(base: str, fds: dict[str, str]) -> dict[int, str]:
+def _process_at(handle: int, pid: int) -> tuple[Snapshot, int, tuple[str, ...]]:
+    return (
+        _snapshot_at(handle, pid),
+        parse_start_time(_read_all("stat", handle)),
+        _words(_read_all("cmdline", handle)),
+    )
+
+
+def read_process(
+    pid: int, proc: Path = Path("/proc")
+) -> tuple[Snapshot, int, tuple[str, ...]] | None:
+    """The snapshot, start time and command line of ``pid``, all of one process, or None.
+
+    What the audit needs of each QEMU, whatever its pid: read through one handle, a process
+    that exited meanwhile is left out, never mixed with another given its pid.
+
+    Raises:
+        ValueError: /proc returned something unparseable.
+    """
+    return _through_handle(pid, proc, _process_at)
+
+
+def _taps(handle: int, fd_dir: int, fds: dict[str, str]) -> dict[int, str]:
     """The tun descriptors among ``fds``, and the interface each is attached to.
 
     Known by their device number: the path shown depends on the reader's mount namespace
@@ -298,8 +347,8 @@ def _taps(base: str, fds: dict[str, str]) -> dict[int, str]:
         if not target.endswith("/net/tun"):
             continue
         try:
-            if os.stat(f"{base}/fd/{fd}").st_rdev == TUN_DEVICE:  # noqa: PTH116 - no Path per file
-                taps[int(fd)] = parse_tun_fdinfo(_read_all(f"{base}/fdinfo/{fd}"))
+            if os.stat(fd, dir_fd=fd_dir).st_rdev == TUN_DEVICE:
+                taps[int(fd)] = parse_tun_fdinfo(_read_all(f"fdinfo/{fd}", handle))
         except FileNotFoundError:  # closed meanwhile
             continue
     return taps
@@ -390,4 +439,8 @@ def cmdline(pid: int, proc: Path = Path("/proc")) -> tuple[str, ...] | None:
         raw = _read_all(f"{proc}/{pid}/cmdline")
     except OSError:
         return None
+    return _words(raw)
+
+
+def _words(raw: bytes) -> tuple[str, ...]:
     return tuple(raw.decode("utf-8", "surrogateescape").split("\0")[:-1])

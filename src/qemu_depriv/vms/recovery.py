@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 
 from qemu_depriv.host.processes import has_exited, signal_pid, wait_until
-from qemu_depriv.host.procfs import cmdline, qemu_pids, read_status, start_time
+from qemu_depriv.host.procfs import qemu_pids, read_process
 from qemu_depriv.vms.paths import claimed_domid, vm_paths
 from qemu_depriv.vms.teardown import Teardown
 
@@ -42,19 +42,20 @@ class RecoveryReport:
         return dict(self.__dict__)
 
 
-def orphan_qemus(state_dir: Path, leased_pids: set[int]) -> list[tuple[int, int, str]]:
+def orphan_qemus(state_dir: Path, leased_pids: set[int]) -> list[tuple[int, int, str, int]]:
     """QEMU processes naming a run directory of ``state_dir`` but holding no lease.
 
-    Returns (pid, start time, domid as written) for each.
+    Returns (pid, start time, domid as written, effective uid) for each, all read of one
+    process: a pid reused meanwhile never lends its uid or start time to the orphan's claim.
     """
     found = []
     for pid in qemu_pids():
-        if pid in leased_pids:
+        if pid in leased_pids or (read := read_process(pid)) is None:
             continue
-        words, started = cmdline(pid), start_time(pid)
-        domid = claimed_domid(state_dir, words) if words is not None else None
-        if domid is not None and started is not None:
-            found.append((pid, started, domid))
+        snap, started, words = read
+        domid = claimed_domid(state_dir, words)
+        if domid is not None:
+            found.append((pid, started, domid, snap.status.uids[1]))
     return found
 
 
@@ -65,13 +66,11 @@ def recover(teardown: Teardown) -> RecoveryReport:
     leased = {r.pid for r in records if r.pid is not None}
     held_uids = {r.uid for r in records if r.uid is not None}
     state_dir = teardown.settings.state_dir
-    for pid, started, domid in orphan_qemus(state_dir, leased):
-        status = read_status(pid)
+    for pid, started, domid, uid in orphan_qemus(state_dir, leased):
         log.warning("killing orphan QEMU pid %d (domid %s, no lease)", pid, domid)
         signal_pid(pid, started, signal.SIGKILL)
         wait_until(partial(has_exited, pid, started), 5.0)
         report.orphans_killed.append(pid)
-        uid = status.uids[1] if status is not None else 0
         if uid != 0 and uid not in held_uids:
             teardown.kill_uid(uid)
     held = {str(r.domid) for r in records}
