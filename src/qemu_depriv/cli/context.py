@@ -11,6 +11,8 @@ from qemu_depriv.settings import Settings
 if TYPE_CHECKING:  # each command imports its machinery when it runs: start-up is in every launch
     from qemu_depriv.accounts.verified import VerifiedLookup
     from qemu_depriv.vms.launcher import Launcher
+    from qemu_depriv.vms.store import StateStore
+    from qemu_depriv.vms.teardown import Teardown
 
 #: The object ``add_subparsers`` returns, which each subcommand module registers with.
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -33,6 +35,18 @@ class Context:
         from qemu_depriv.vms.launcher import system_launcher
 
         return system_launcher(self.settings)
+
+    def teardown(self) -> Teardown:
+        """A teardown wired to this host, as the launcher's: for commands that launch nothing."""
+        from qemu_depriv.vms.teardown import system_teardown
+
+        return system_teardown(self.settings)
+
+    def store(self) -> StateStore:
+        """The state store, as the launcher opens it: for commands that only read it."""
+        from qemu_depriv.vms.store import StateStore
+
+        return StateStore.of(self.settings)
 
     def lookup(self) -> VerifiedLookup:
         """Account lookups through this host's NSS, with the settings' deadline."""

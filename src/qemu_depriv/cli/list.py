@@ -17,10 +17,12 @@ def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
 
 def run(_args: argparse.Namespace, context: Context) -> int:
     """List the VMs with their liveness."""
-    launcher = context.launcher()
-    records = launcher.store.all() if launcher.store.exists() else []
+    from qemu_depriv.vms.paths import vm_paths
+
+    store, state_dir = context.store(), context.settings.state_dir
+    records = store.all() if store.exists() else []
     if context.as_json:
-        emit_json({"vms": [vm_json(r, launcher.paths(r.domid)) for r in records]})
+        emit_json({"vms": [vm_json(r, vm_paths(state_dir, r.domid)) for r in records]})
         return 0
     print(f"{'DOMID':>5}  {'NAME':<20} {'STATE':<9} {'PID':>7} {'UID':>10}  TIER")
     for record in records:

@@ -20,8 +20,8 @@ def run(_args: argparse.Namespace, context: Context) -> int:
     """Reconcile the store with the host; exit 0 when done."""
     from qemu_depriv.vms.recovery import RecoveryReport, recover
 
-    launcher = context.launcher()
-    report = recover(launcher.teardown) if launcher.store.exists() else RecoveryReport()
+    teardown = context.teardown()
+    report = recover(teardown) if teardown.store.exists() else RecoveryReport()
     for warning in report.warnings:
         warn(warning)
     if context.as_json:

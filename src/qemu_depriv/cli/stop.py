@@ -18,7 +18,7 @@ def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, context: Context) -> int:
     """Stop one VM; exit 0 only when nothing of it is left."""
-    record, warnings = context.launcher().teardown.stop(args.vm, timeout=args.timeout)
+    record, warnings = context.teardown().stop(args.vm, timeout=args.timeout)
     for warning in warnings:
         warn(warning)
     if context.as_json:

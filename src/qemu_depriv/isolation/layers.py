@@ -31,14 +31,16 @@ import resource
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qemu_depriv.accounts.chain import Decision, Tier
 from qemu_depriv.errors import LayerVerificationFailed
 from qemu_depriv.host.procfs import UNLIMITED, Snapshot
 from qemu_depriv.isolation.cgroups import CgroupPlan, controller_path, group_name, unit_name
-from qemu_depriv.settings import LayerSettings
-from qemu_depriv.xl.domain import DomainConfig
+
+if TYPE_CHECKING:  # the store reads plans back: it need not import resolution and configs
+    from qemu_depriv.accounts.chain import Decision
+    from qemu_depriv.settings import LayerSettings
+    from qemu_depriv.xl.domain import DomainConfig
 
 MIB = 1 << 20
 #: libxl's RLIMIT_FSIZE for a device model: Xen device models write no files.
@@ -171,6 +173,8 @@ def plan_layers(
     ``log`` is QEMU's log (a descriptor it holds); ``chroot`` its empty root, when that layer
     is on; ``scope`` whether systemd places the VM's group (a scope unit) rather than cgroupfs.
     """
+    from qemu_depriv.accounts.chain import Tier  # noqa: PLC0415 - see the imports
+
     namespaces: tuple[str, ...] = ()
     if settings.namespaces:
         namespaces = ("mnt", "ipc", "pid")

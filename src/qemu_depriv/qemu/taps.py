@@ -28,7 +28,6 @@ Until the descriptors exist, the command line holds ``fd=@NAME`` for each tap
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -63,6 +62,8 @@ def tap_name(domid: int, devid: int, vifname: str | None = None) -> str:
     for name in (f"{base}-emu", f"{base}-e"):
         if len(name.encode()) <= IFNAME_MAX:
             return name
+    import hashlib  # noqa: PLC0415 - only a name too long to fit needs it
+
     return "vq" + hashlib.sha256(f"{base}-emu".encode()).hexdigest()[:13]
 
 

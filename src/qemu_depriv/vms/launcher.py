@@ -15,7 +15,6 @@ line, the demo and the benchmarks all use it).
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import shutil
@@ -26,7 +25,6 @@ from typing import Any
 
 from qemu_depriv.accounts.chain import Decision, Request, Tier, resolve
 from qemu_depriv.accounts.nss import AccountLookup
-from qemu_depriv.accounts.verified import system_lookup
 from qemu_depriv.errors import EnvironmentFailure, InvalidInput, PolicyRefusal, QemuStartFailure
 from qemu_depriv.host.kvm import kvm_works
 from qemu_depriv.host.processes import wait_until
@@ -51,7 +49,7 @@ from qemu_depriv.settings import Settings
 from qemu_depriv.vms.paths import VmPaths, vm_paths
 from qemu_depriv.vms.store import Mode, StateStore, VmRecord, current_owner, smallest_free_domid
 from qemu_depriv.vms.taps import check_taps, open_taps
-from qemu_depriv.vms.teardown import Teardown
+from qemu_depriv.vms.teardown import Teardown, system_teardown
 from qemu_depriv.xl.domain import DomainConfig
 
 log = logging.getLogger(__name__)
@@ -437,17 +435,14 @@ def system_launcher(
     ``lookup`` and ``jail`` replace this host's NSS and the layer plan's jail (the tests
     use them to make a resolution or an isolation layer go wrong on purpose).
     """
-    if lookup is None:
-        lookup = system_lookup(settings.lookup_timeout, settings.sources_without_accounts)
-    store = StateStore(settings.state_dir, busy_timeout=settings.lock_timeout)
-    cgroups = functools.cache(CgroupHost.detect)
+    teardown = system_teardown(settings, lookup=lookup)
     return Launcher(
         settings=settings,
-        lookup=lookup,
-        store=store,
+        lookup=teardown.lookup,
+        store=teardown.store,
         probe=CapsProbe(cache_file=settings.state_dir / "caps.json"),
-        teardown=Teardown(settings, lookup, store, cgroups),
-        cgroup_host=cgroups,
+        teardown=teardown,
+        cgroup_host=teardown.cgroup_host,
         kvm_works=kvm_works,
         jail_for=jail,
     )

@@ -28,14 +28,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qemu_depriv.accounts.chain import Decision, Tier
 from qemu_depriv.errors import EnvironmentFailure, PolicyRefusal
 from qemu_depriv.host.processes import is_alive
 from qemu_depriv.host.procfs import start_time
 from qemu_depriv.isolation.layers import LayerPlan
-from qemu_depriv.xl.domain import DOMID_MAX, DOMID_MIN
+
+if TYPE_CHECKING:  # list and stop read the store: resolution and configs only for a launch
+    from qemu_depriv.accounts.chain import Decision
+    from qemu_depriv.settings import Settings
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vms (
@@ -215,6 +217,11 @@ class StateStore:
         self._busy_timeout = busy_timeout
         self._connection: sqlite3.Connection | None = None
 
+    @classmethod
+    def of(cls, settings: Settings) -> StateStore:
+        """The store of ``settings``' state directory, waiting its lock timeout at most."""
+        return cls(settings.state_dir, busy_timeout=settings.lock_timeout)
+
     @property
     def path(self) -> Path:
         """The database file."""
@@ -326,6 +333,8 @@ class StateStore:
             PolicyRefusal: another VM holds the uid (a shared VM and a non-shared one never
                 share it either), or processes of the uid are alive (tiers other than shared).
         """
+        from qemu_depriv.accounts.chain import Tier  # noqa: PLC0415 - see the imports
+
         shared = decision.tier == Tier.SHARED
         with self._transaction() as db:
             holders = db.execute(
@@ -462,6 +471,8 @@ class StateStore:
 
 def smallest_free_domid(taken: Iterable[int]) -> int | None:
     """The smallest domid from 1 to 32751 that is not in ``taken``, or None."""
+    from qemu_depriv.xl.domain import DOMID_MAX, DOMID_MIN  # noqa: PLC0415 - see the imports
+
     used = set(taken)
     return next((d for d in range(DOMID_MIN, DOMID_MAX + 1) if d not in used), None)
 

@@ -26,12 +26,14 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qemu_depriv.errors import EnvironmentFailure
 from qemu_depriv.host import netdev
 from qemu_depriv.host.processes import wait_until
-from qemu_depriv.qemu.taps import TapPlan
+
+if TYPE_CHECKING:  # a teardown removes taps by their records: no planning imported
+    from qemu_depriv.qemu.taps import TapPlan
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import shutil
 import signal
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qemu_depriv.accounts.nss import AccountLookup
+from qemu_depriv.accounts.verified import system_lookup
 from qemu_depriv.errors import AccountLookupError, EnvironmentFailure, InvalidInput
 from qemu_depriv.host.processes import is_alive, signal_pid, wait_until
 from qemu_depriv.host.procfs import live_pids_of_uid
@@ -249,3 +251,14 @@ class Teardown:
         )
         log.warning("%s", message)
         return message
+
+
+def system_teardown(settings: Settings, *, lookup: AccountLookup | None = None) -> Teardown:
+    """A teardown wired to this host: its NSS (for the reaper's account), the store, cgroups.
+
+    What ``stop`` and ``recover`` use, without importing the launch machinery they never run;
+    :func:`~qemu_depriv.vms.launcher.system_launcher` builds its own teardown with it.
+    """
+    if lookup is None:
+        lookup = system_lookup(settings.lookup_timeout, settings.sources_without_accounts)
+    return Teardown(settings, lookup, StateStore.of(settings), functools.cache(CgroupHost.detect))
