@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from qemu_depriv.host import procfs
 from qemu_depriv.host.procfs import (
     ProcStatus,
+    identity,
     live_pids_of_uid,
     parse_start_time,
     parse_stat,
@@ -301,25 +303,48 @@ def test_read_process_reads_the_snapshot_start_time_and_command_line(tmp_path: P
 def test_a_pid_taken_by_another_process_midway_never_mixes_into_the_reading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first process exits after its status is read, and a new one gets its pid.
+    """The first process exits after its first file is read, and a new one gets its pid.
 
-    Every later file comes from the first all the same: they are read through the handle
-    opened on its directory, not by a path that now names the second.
+    On a fake tree, whose directories outlive a rename, every later file still comes from the
+    first: they are read through the handle opened on its directory, not by a path that now
+    names the second.  (On /proc the later reads fail instead: the next test.)
     """
     fake_process(tmp_path / "123", ["qemu-system-x86_64", "-name", "first"], 1000)
-    real_parse = procfs.parse_status
+    real_read_all = procfs._read_all
 
-    def exit_and_reuse(raw: bytes) -> ProcStatus:
+    def exit_and_reuse(path: str, directory: int | None = None) -> bytes:
+        raw = real_read_all(path, directory)
         if not (tmp_path / "gone").exists():
             (tmp_path / "123").rename(tmp_path / "gone")
             fake_process(tmp_path / "123", ["qemu-system-x86_64", "-name", "second"], 2000)
-        return real_parse(raw)
+        return raw
 
-    monkeypatch.setattr(procfs, "parse_status", exit_and_reuse)
+    monkeypatch.setattr(procfs, "_read_all", exit_and_reuse)
     read = read_process(123, tmp_path)
     assert read is not None
     snap, started, words = read
     assert (snap.namespaces["net"], started, words[-1]) == ("net:[1000]", 1000, "first")
+
+
+@pytest.mark.parametrize("reader", [read_process, identity, snapshot])
+def test_a_process_reaped_midway_reads_as_gone(
+    monkeypatch: pytest.MonkeyPatch, reader: Callable[[int], object]
+) -> None:
+    """Killed and reaped once its status is read: the rest fails through the handle, None."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    real_parse = procfs.parse_status
+
+    def reap_first(raw: bytes) -> ProcStatus:
+        child.kill()
+        child.wait()
+        return real_parse(raw)
+
+    monkeypatch.setattr(procfs, "parse_status", reap_first)
+    try:
+        assert reader(child.pid) is None
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_read_process_of_a_live_child_then_of_it_reaped() -> None:
@@ -339,3 +364,14 @@ def test_read_process_of_a_live_child_then_of_it_reaped() -> None:
         child.wait()
     assert read_process(child.pid) is None
     assert snapshot(child.pid) is None
+    assert identity(child.pid) is None
+
+
+def test_identity_of_a_live_child_is_its_status_start_time_and_command_line() -> None:
+    argv = [sys.executable, "-c", "import time; time.sleep(30)"]
+    child = subprocess.Popen(argv)
+    try:
+        assert identity(child.pid) == (read_status(child.pid), start_time(child.pid), tuple(argv))
+    finally:
+        child.kill()
+        child.wait()

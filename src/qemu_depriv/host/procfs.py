@@ -336,6 +336,28 @@ def read_process(
     return _through_handle(pid, proc, _process_at)
 
 
+def _identity_at(handle: int, _pid: int) -> tuple[ProcStatus, int, tuple[str, ...]]:
+    return (
+        parse_status(_read_all("status", handle)),
+        parse_start_time(_read_all("stat", handle)),
+        _words(_read_all("cmdline", handle)),
+    )
+
+
+def identity(
+    pid: int, proc: Path = Path("/proc")
+) -> tuple[ProcStatus, int, tuple[str, ...]] | None:
+    """The status, start time and command line of ``pid``, all of one process, or None.
+
+    Only files that any process may read: what recovery asks of every QEMU on the host, ours
+    or not, before it knows which are its orphans.
+
+    Raises:
+        ValueError: /proc returned something unparseable.
+    """
+    return _through_handle(pid, proc, _identity_at)
+
+
 def _taps(handle: int, fd_dir: int, fds: dict[str, str]) -> dict[int, str]:
     """The tun descriptors among ``fds``, and the interface each is attached to.
 

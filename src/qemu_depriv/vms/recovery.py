@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 
 from qemu_depriv.host.processes import has_exited, signal_pid, wait_until
-from qemu_depriv.host.procfs import qemu_pids, read_process
+from qemu_depriv.host.procfs import identity, qemu_pids
 from qemu_depriv.vms.paths import claimed_domid, vm_paths
 from qemu_depriv.vms.teardown import Teardown
 
@@ -50,12 +50,12 @@ def orphan_qemus(state_dir: Path, leased_pids: set[int]) -> list[tuple[int, int,
     """
     found = []
     for pid in qemu_pids():
-        if pid in leased_pids or (read := read_process(pid)) is None:
+        if pid in leased_pids or (read := identity(pid)) is None:
             continue
-        snap, started, words = read
+        status, started, words = read
         domid = claimed_domid(state_dir, words)
         if domid is not None:
-            found.append((pid, started, domid, snap.status.uids[1]))
+            found.append((pid, started, domid, status.uids[1]))
     return found
 
 
@@ -71,6 +71,7 @@ def recover(teardown: Teardown) -> RecoveryReport:
         signal_pid(pid, started, signal.SIGKILL)
         wait_until(partial(has_exited, pid, started), 5.0)
         report.orphans_killed.append(pid)
+        # Even when the orphan exited before the kill: what it forked may still run as its uid.
         if uid != 0 and uid not in held_uids:
             teardown.kill_uid(uid)
     held = {str(r.domid) for r in records}
