@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import signal
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qemu_depriv.errors import EnvironmentFailure
+from qemu_depriv.host.processes import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +204,17 @@ class CgroupHost:
 GONE = (errno.ENOENT, errno.ENODEV)
 
 
+def _removed(directory: Path) -> bool:
+    """Remove an empty group's directory; False while the kernel still holds it busy."""
+    try:
+        directory.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
 def _write(path: Path, value: str, *, missing_ok: bool = False) -> None:
     """Write a group's file.
 
@@ -337,14 +349,12 @@ class VmCgroup:
                 v1.append(directory)
         if v1:
             self._freeze_and_kill()
-        deadline = time.monotonic() + timeout
-        while self.members():
-            if time.monotonic() > deadline:
-                raise EnvironmentFailure(
-                    f"cgroup {self.relative()}: processes {sorted(self.members())[:10]} "
-                    f"survived SIGKILL for {timeout} s"
-                )
-            time.sleep(0.01)
+        # Polled from 1 ms up: the members are usually gone within a few milliseconds.
+        if not wait_until(lambda: not self.members(), timeout):
+            raise EnvironmentFailure(
+                f"cgroup {self.relative()}: processes {sorted(self.members())[:10]} "
+                f"survived SIGKILL for {timeout} s"
+            )
 
     def _freeze_and_kill(self) -> None:
         """Freeze the group once, SIGKILL every member of every hierarchy, thaw it."""
@@ -368,15 +378,7 @@ class VmCgroup:
             EnvironmentFailure: a directory stayed busy.
         """
         for directory in self.directories():
-            for _ in range(100):
-                try:
-                    directory.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.01)
-            else:
+            if not wait_until(functools.partial(_removed, directory), 1.0):
                 raise EnvironmentFailure(f"cgroup {directory} stays busy: remove it by hand")
 
 

@@ -30,6 +30,7 @@ import subprocess
 import time
 
 from qemu_depriv.errors import EnvironmentFailure
+from qemu_depriv.host.processes import wait_until
 from qemu_depriv.host.programs import BASE_ENV
 from qemu_depriv.isolation.cgroups import WANTED, CgroupHost, CgroupPlan, VmCgroup
 
@@ -191,8 +192,7 @@ class VmScope(VmCgroup):
         """
         directory = self.directories()[0]
         deadline = time.monotonic() + timeout
-        while directory.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: not directory.exists(), timeout)
         state = unit_state(self.unit)
         if state[0] == "not-found":
             return
