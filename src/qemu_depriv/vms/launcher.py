@@ -25,6 +25,7 @@ from typing import Any
 
 from qemu_depriv.accounts.chain import Decision, Request, Tier, resolve
 from qemu_depriv.accounts.nss import AccountLookup
+from qemu_depriv.accounts.verified import system_lookup
 from qemu_depriv.errors import EnvironmentFailure, InvalidInput, PolicyRefusal, QemuStartFailure
 from qemu_depriv.host.kvm import kvm_works
 from qemu_depriv.host.processes import wait_until
@@ -435,6 +436,8 @@ def system_launcher(
     ``lookup`` and ``jail`` replace this host's NSS and the layer plan's jail (the tests
     use them to make a resolution or an isolation layer go wrong on purpose).
     """
+    if lookup is None:
+        lookup = system_lookup(settings.lookup_timeout, settings.sources_without_accounts)
     teardown = system_teardown(settings, lookup=lookup)
     return Launcher(
         settings=settings,

@@ -28,9 +28,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from qemu_depriv.accounts.nss import AccountLookup
-from qemu_depriv.accounts.verified import system_lookup
 from qemu_depriv.errors import AccountLookupError, EnvironmentFailure, InvalidInput
 from qemu_depriv.host.processes import is_alive, signal_pid, wait_until
 from qemu_depriv.host.procfs import live_pids_of_uid
@@ -48,6 +47,9 @@ from qemu_depriv.vms.store import (
     current_owner,
 )
 from qemu_depriv.vms.taps import remove_leftover_taps
+
+if TYPE_CHECKING:  # NSS (ctypes, nsswitch.conf) loads only when the reaper needs an account
+    from qemu_depriv.accounts.nss import Account, AccountLookup, Group
 
 log = logging.getLogger(__name__)
 #: (uid_t)-2: no account's, and ownerless unless root hands it to a process.
@@ -253,6 +255,42 @@ class Teardown:
         return message
 
 
+class _HostLookup:
+    """This host's account lookups, set up on first use.
+
+    A teardown asks for an account only to pick the reaper's, and only when something of the
+    VM's uid outlived QEMU: most stops never load NSS (ctypes) or read nsswitch.conf.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lookup: AccountLookup | None = None
+
+    def _host(self) -> AccountLookup:
+        if self._lookup is None:
+            from qemu_depriv.accounts.verified import system_lookup  # noqa: PLC0415
+
+            settings = self._settings
+            self._lookup = system_lookup(settings.lookup_timeout, settings.sources_without_accounts)
+        return self._lookup
+
+    def user_by_name(self, name: str) -> Account | None:
+        """As :meth:`AccountLookup.user_by_name`."""
+        return self._host().user_by_name(name)
+
+    def user_by_uid(self, uid: int) -> Account | None:
+        """As :meth:`AccountLookup.user_by_uid`."""
+        return self._host().user_by_uid(uid)
+
+    def group_by_gid(self, gid: int) -> Group | None:
+        """As :meth:`AccountLookup.group_by_gid`."""
+        return self._host().group_by_gid(gid)
+
+    def groups_of(self, name: str, gid: int) -> tuple[int, ...]:
+        """As :meth:`AccountLookup.groups_of`."""
+        return self._host().groups_of(name, gid)
+
+
 def system_teardown(settings: Settings, *, lookup: AccountLookup | None = None) -> Teardown:
     """A teardown wired to this host: its NSS (for the reaper's account), the store, cgroups.
 
@@ -260,5 +298,5 @@ def system_teardown(settings: Settings, *, lookup: AccountLookup | None = None) 
     :func:`~qemu_depriv.vms.launcher.system_launcher` builds its own teardown with it.
     """
     if lookup is None:
-        lookup = system_lookup(settings.lookup_timeout, settings.sources_without_accounts)
+        lookup = _HostLookup(settings)
     return Teardown(settings, lookup, StateStore.of(settings), functools.cache(CgroupHost.detect))
