@@ -42,6 +42,13 @@ def verdict(value: float | None, target: float) -> str:
     return "met" if value <= target else "**missed**"
 
 
+def ratio_row(
+    number: str, label: str, ours: str, baseline: str, *, ratio: float | None, target: float
+) -> Row:
+    """A target row whose figure is a ratio: what was measured, the ratio and its verdict."""
+    return [number, label, ours, baseline, times(ratio), f"<= {target}x", verdict(ratio, target)]
+
+
 def median(summary: Result | None) -> float | None:
     """The median of a worker's ``summarize`` output, None when it had no sample."""
     if not summary or not summary.get("n"):
@@ -168,11 +175,10 @@ def launch(results: dict[str, Result], runs: dict[str, Result], glance: list[Row
              [f"what {targets['cli']}x raw allows", num(targets["cli"] * raw)]],
         )  # fmt: skip
     for variant, target in targets.items():
-        glance.append([
+        glance.append(ratio_row(
             "2", f"launch, {variant}", f"{num(median(variants[variant]))} ms",
-            f"{num(raw)} ms (raw QEMU)", times(data["ratios"][variant]), f"<= {target}x",
-            verdict(data["ratios"][variant], target),
-        ])  # fmt: skip
+            f"{num(raw)} ms (raw QEMU)", ratio=data["ratios"][variant], target=target,
+        ))  # fmt: skip
     for variant, found in data.get("profiles", {}).items():
         lines += profile(f"one {variant} launch", found)
     return lines
@@ -201,11 +207,11 @@ def libvirt(results: dict[str, Result], runs: dict[str, Result], glance: list[Ro
     lines += table(["tool", "reaper", "median (ms)", "p10", "p90"], rows)
     launches = data["pid1"]["launch"]
     cli, virsh = median(launches.get("qemu-depriv")), median(launches.get("libvirt"))
-    glance.append([
+    glance.append(ratio_row(
         "3", "launch, CLI vs libvirt", f"{num(cli)} ms",
         f"{num(virsh)} ms (virsh create)" if ran else "libvirt unavailable",
-        times(data["ratio"]), f"<= {target}x", verdict(data["ratio"], target),
-    ])  # fmt: skip
+        ratio=data["ratio"], target=target,
+    ))  # fmt: skip
     if ran:
         lines += table(
             ["CLI / libvirt (PID 1 reaps)", "paired", "target", ""],
@@ -430,9 +436,8 @@ def load(results: dict[str, Result], runs: dict[str, Result], glance: list[Row])
     glance += [
         ["7", f"library audit at {library['level']} running VMs", f"{num(library['median'])} ms",
          "-", "-", goal, verdict(library["median"], library_target)],
-        ["7", "CLI stop, nothing else running", f"{num(stop_ms)} ms",
-         f"{num(raw_ms)} ms (raw start)", times(stop["ratio"]), f"<= {stop_target}x",
-         verdict(stop["ratio"], stop_target)],
+        ratio_row("7", "CLI stop, nothing else running", f"{num(stop_ms)} ms",
+                  f"{num(raw_ms)} ms (raw start)", ratio=stop["ratio"], target=stop_target),
     ]  # fmt: skip
     if foreign := data.get("audit_findings_on_foreign"):
         counts = ", ".join(f"{n} x {finding}" for finding, n in sorted(foreign.items()))
@@ -501,16 +506,15 @@ def issue18(results: dict[str, Result]) -> list[str]:
     if launched := results.get("launch"):
         variants, target = launched["variants"], launched["targets"]["cli"]
         value = launched["ratios"]["cli"]
-        rows.append([
-            "1", "CLI launch / raw start", f"{num(median(variants['cli']))} ms",
-            f"{num(median(variants['raw']))} ms", times(value), f"<= {target}x",
-            verdict(value, target),
-        ])  # fmt: skip
+        raw = f"{num(median(variants['raw']))} ms"
+        rows.append(ratio_row(
+            "1", "CLI launch / raw start", f"{num(median(variants['cli']))} ms", raw,
+            ratio=value, target=target,
+        ))  # fmt: skip
         if proto := launched.get("prototype_ratios"):
             rows += [
-                ["1p", f"prototype resident launcher (bench/forkserver.py): {what}",
-                 f"{num(median(variants[key]))} ms", f"{num(median(variants['raw']))} ms",
-                 times(proto[what]), f"<= {goal}x", verdict(proto[what], goal)]
+                ratio_row("1p", f"prototype resident launcher (bench/forkserver.py): {what}",
+                          f"{num(median(variants[key]))} ms", raw, ratio=proto[what], target=goal)
                 for what, key, goal in (("launch", "prototype", target),
                                         ("stop", "prototype_stop", 3.0))
             ]  # fmt: skip
@@ -521,11 +525,11 @@ def issue18(results: dict[str, Result]) -> list[str]:
         first = levels_of(loaded)[0]
         variants = loaded["results"][first]["variants"]
         stop, target = loaded["stop_to_raw_at_0"]["ratio"], loaded["targets"]["stop_to_raw_at_0"]
-        rows.append([
+        rows.append(ratio_row(
             "2", "CLI stop / raw start (nothing else running)",
             f"{num(median(variants['stop']))} ms", f"{num(median(variants['raw']))} ms",
-            times(stop), f"<= {target}x", verdict(stop, target),
-        ])  # fmt: skip
+            ratio=stop, target=target,
+        ))  # fmt: skip
         flat, target = loaded["flatness"], loaded["targets"]["flatness"]
         library = loaded["audit_library_at_top"]
         limit = loaded["targets"]["audit_library_seconds"]
@@ -553,19 +557,18 @@ def issue18(results: dict[str, Result]) -> list[str]:
             statistics.median(r["peak_cli_rss_kib_per_vm"] for r in scaled["rounds"]["cli"])
             / KIB_PER_MIB
         )
-        rows.append([
+        raw = f"{num(median(scaled['raw']), 1)} s"
+        rows.append(ratio_row(
             "4", "100 concurrent CLI launches / 100 concurrent raw starts",
             f"{num(median(scaled['cli_launch']), 1)} s; peak CLI memory {peak:.1f} MiB per VM",
-            f"{num(median(scaled['raw']), 1)} s", times(scaled["ratio"]), f"<= {target}x",
-            verdict(scaled["ratio"], target),
-        ])  # fmt: skip
+            raw, ratio=scaled["ratio"], target=target,
+        ))  # fmt: skip
         if proto := scaled.get("prototype"):
-            rows.append([
+            rows.append(ratio_row(
                 "4p", "the same through the resident-launcher prototype (bench/forkserver.py)",
                 f"{num(proto['launch_seconds'], 1)} s ({proto['verified']} verified)",
-                f"{num(median(scaled['raw']), 1)} s", times(proto["ratio"]), f"<= {target}x",
-                verdict(proto["ratio"], target),
-            ])  # fmt: skip
+                raw, ratio=proto["ratio"], target=target,
+            ))  # fmt: skip
     else:
         rows.append(["4", "100 concurrent CLI launches / 100 raw", *none])
     if kept := results.get("resident"):
