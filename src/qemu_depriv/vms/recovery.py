@@ -59,20 +59,25 @@ def orphan_qemus(state_dir: Path, leased_pids: set[int]) -> list[tuple[int, int,
     return found
 
 
+def _held_uids(teardown: Teardown) -> set[int]:
+    return {lease.uid for lease in teardown.store.leases() if lease.uid is not None}
+
+
 def recover(teardown: Teardown) -> RecoveryReport:
     """Reconcile, then kill orphan QEMUs and remove directories that no lease holds."""
     report = RecoveryReport(torn_down=[r.name for r in teardown.reconcile()])
     records = teardown.store.all()
     leased = {r.pid for r in records if r.pid is not None}
-    held_uids = {r.uid for r in records if r.uid is not None}
     state_dir = teardown.settings.state_dir
     for pid, started, domid, uid in orphan_qemus(state_dir, leased):
         log.warning("killing orphan QEMU pid %d (domid %s, no lease)", pid, domid)
         signal_pid(pid, started, signal.SIGKILL)
         wait_until(partial(has_exited, pid, started), 5.0)
         report.orphans_killed.append(pid)
-        # Even when the orphan exited before the kill: what it forked may still run as its uid.
-        if uid != 0 and uid not in held_uids:
+        # What it forked may still run as its uid, even if it exited before the kill.  The
+        # leases are read now, not before the scan: once nothing of the uid was left alive, a
+        # launch may have taken it, and the processes of the uid are then that VM's.
+        if uid != 0 and teardown.live_pids(uid) and uid not in _held_uids(teardown):
             teardown.kill_uid(uid)
     held = {str(r.domid) for r in records}
     for sub in ("vms", "chroot"):
