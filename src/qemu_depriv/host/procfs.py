@@ -314,12 +314,13 @@ def snapshot(pid: int, proc: Path = Path("/proc")) -> Snapshot | None:
     return _through_handle(pid, proc, _snapshot_at)
 
 
+def _start_and_words(handle: int) -> tuple[int, tuple[str, ...]]:
+    """The start time and the command line, through ``handle``."""
+    return parse_start_time(_read_all("stat", handle)), _words(_read_all("cmdline", handle))
+
+
 def _process_at(handle: int, pid: int) -> tuple[Snapshot, int, tuple[str, ...]]:
-    return (
-        _snapshot_at(handle, pid),
-        parse_start_time(_read_all("stat", handle)),
-        _words(_read_all("cmdline", handle)),
-    )
+    return (_snapshot_at(handle, pid), *_start_and_words(handle))
 
 
 def read_process(
@@ -337,11 +338,7 @@ def read_process(
 
 
 def _identity_at(handle: int, _pid: int) -> tuple[ProcStatus, int, tuple[str, ...]]:
-    return (
-        parse_status(_read_all("status", handle)),
-        parse_start_time(_read_all("stat", handle)),
-        _words(_read_all("cmdline", handle)),
-    )
+    return (parse_status(_read_all("status", handle)), *_start_and_words(handle))
 
 
 def identity(
