@@ -66,8 +66,8 @@ def _held_uids(teardown: Teardown) -> set[int]:
 def recover(teardown: Teardown) -> RecoveryReport:
     """Reconcile, then kill orphan QEMUs and remove directories that no lease holds."""
     report = RecoveryReport(torn_down=[r.name for r in teardown.reconcile()])
-    records = teardown.store.all()
-    leased = {r.pid for r in records if r.pid is not None}
+    leases = teardown.store.leases()  # pids and domids only: no record's JSON decoded
+    leased = {lease.pid for lease in leases if lease.pid is not None}
     state_dir = teardown.settings.state_dir
     for pid, started, domid, uid in orphan_qemus(state_dir, leased):
         log.warning("killing orphan QEMU pid %d (domid %s, no lease)", pid, domid)
@@ -79,7 +79,7 @@ def recover(teardown: Teardown) -> RecoveryReport:
         # launch may have taken it, and the processes of the uid are then that VM's.
         if uid != 0 and teardown.live_pids(uid) and uid not in _held_uids(teardown):
             teardown.kill_uid(uid)
-    held = {str(r.domid) for r in records}
+    held = {str(lease.domid) for lease in leases}
     for sub in ("vms", "chroot"):
         directory = state_dir / sub
         if not directory.is_dir():
