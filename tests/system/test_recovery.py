@@ -6,18 +6,21 @@ teardown's lookup is a table with none, so the reaper runs as the last-resort ui
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from qemu_depriv.accounts.chain import Decision, Tier
+from qemu_depriv.accounts.nss import Account
 from qemu_depriv.host.processes import signal_pid, wait_until
 from qemu_depriv.host.procfs import live_pids_of_uid, read_status
 from qemu_depriv.settings import Settings
 from qemu_depriv.vms import recovery
-from qemu_depriv.vms.store import Mode, current_owner
+from qemu_depriv.vms.store import Mode, StateStore, current_owner
 from qemu_depriv.vms.teardown import Teardown, system_teardown
 from tests.unit.table_lookup import TableLookup
 
@@ -109,3 +112,73 @@ def test_recover_leaves_the_uid_alone_once_a_launch_took_it_meanwhile(
     assert report.orphans_killed == [qemu.pid]
     assert newcomer[0].poll() is None, "recover killed the processes of a uid a lease holds"
     assert live_pids_of_uid(UID) == [newcomer[0].pid]
+
+
+def launch_as_uid(state_dir: Path, started: list[subprocess.Popen[bytes]]) -> None:
+    """What a launch does with the uid, with its own connection to the store, as one would.
+
+    It looks for live processes of the uid first (nothing of it may run), takes the lease,
+    then starts the VM's process.
+    """
+    store = StateStore(state_dir)
+    try:
+        domid = store.reserve("newcomer", None, mode=Mode.STANDALONE, owner=current_owner())
+        decision = Decision(Tier.RANGE, f"{UID}:{GID}", UID, GID, (GID,), None, kill_by_uid=True)
+        store.assign(domid, decision, uid_busy=bool(live_pids_of_uid(UID)))
+        of_uid(started)
+    finally:
+        store.close()
+
+
+@dataclasses.dataclass
+class LaunchDuringReaper(TableLookup):
+    """The teardown's lookup, asked for the reaper's account once recover decided to kill.
+
+    On the first question, ``left`` (what was left of the orphan) exits, and ``launch`` takes
+    the uid on another thread; the answer waits up to ``patience`` seconds for that launch to
+    have started its VM.  A recover that let go of the leases between its check and its kill
+    then kills that VM.
+    """
+
+    left: subprocess.Popen[bytes] | None = None
+    launch: Callable[[], None] | None = None
+    patience: float = 2.0
+    launched: threading.Thread | None = None
+
+    def user_by_name(self, name: str) -> Account | None:
+        if self.launched is None and self.left is not None and self.launch is not None:
+            self.left.kill()
+            self.left.wait()
+            self.launched = threading.Thread(target=self.launch)
+            self.launched.start()
+            self.launched.join(self.patience)
+        return super().user_by_name(name)
+
+
+def test_recover_holds_the_leases_from_its_check_to_its_kill(
+    teardown: Teardown, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """Something of the orphan's uid still runs, so recover decides to kill by uid.
+
+    It then exits, and a launch takes the uid before the reaper runs: the launch must wait
+    until the kill is done, and its VM survive it.
+    """
+    qemu = orphan(teardown.settings.state_dir, started)
+    errors: list[BaseException] = []
+
+    def launch() -> None:
+        try:
+            launch_as_uid(teardown.settings.state_dir, started)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            errors.append(exc)
+
+    lookup = LaunchDuringReaper(left=of_uid(started), launch=launch)
+    report = recovery.recover(dataclasses.replace(teardown, lookup=lookup))
+    assert lookup.launched is not None, "recover did not kill by uid"
+    lookup.launched.join(30)
+    assert not lookup.launched.is_alive(), "the launch still waits for the store"
+    assert not errors, errors
+    assert report.orphans_killed == [qemu.pid]
+    newcomer = started[-1]
+    assert newcomer.poll() is None, "recover killed the processes of a uid a lease holds"
+    assert live_pids_of_uid(UID) == [newcomer.pid]

@@ -279,6 +279,20 @@ class StateStore:
         except sqlite3.Error as exc:
             raise EnvironmentFailure(f"state store {self.path}: commit failed: {exc}") from exc
 
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store's write lock: no lease is taken, changed or released meanwhile.
+
+        For a check of the leases that must still hold when the caller acts on it (recover
+        kills by uid only while no lease holds the uid).  Launches wait for it, up to the
+        busy timeout.
+
+        Raises:
+            EnvironmentFailure: the store stayed busy past the busy timeout.
+        """
+        with self._transaction():
+            yield
+
     def reserve(
         self,
         name: str,
