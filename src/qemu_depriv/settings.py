@@ -79,12 +79,15 @@ class Settings:
     xen_qemu: str = "/usr/bin/qemu-system-i386"
     layers: LayerSettings = field(default_factory=LayerSettings)
 
+    def __post_init__(self) -> None:
+        validate_state_dir(self.state_dir)
+
     def with_overrides(
         self,
         *,
         prefix: str | None = None,
         restrict: bool | None = None,
-        state_dir: Path | None = None,
+        state_dir: str | Path | None = None,
     ) -> Settings:
         """Return these settings with each non-None argument taking precedence."""
         changes: dict[str, Any] = {}
@@ -93,8 +96,26 @@ class Settings:
         if restrict is not None:
             changes["restrict"] = restrict
         if state_dir is not None:
-            changes["state_dir"] = state_dir
+            changes["state_dir"] = validate_state_dir(state_dir)
         return replace(self, **changes)
+
+
+def validate_state_dir(path: str | Path) -> Path:
+    """``path`` as the state directory: absolute.
+
+    QEMU's command line names paths in it, and the launch compares them with what /proc shows,
+    which is absolute; an empty value (an unset shell variable) would be the working directory.
+
+    Raises:
+        InvalidInput: ``path`` is empty or relative.
+    """
+    text = str(path)
+    if not text or not text.startswith("/"):
+        raise InvalidInput(
+            f"state directory {text!r} is not an absolute path: give --state-dir (or state_dir "
+            "in the config) as one, such as /run/qemu-depriv"
+        )
+    return Path(text)
 
 
 def load_settings(path: Path | None) -> Settings:
@@ -165,7 +186,7 @@ def _settings_from(path: Path, data: dict[str, Any]) -> Settings:
     return settings.with_overrides(
         prefix=data.get("prefix"),
         restrict=data.get("restrict"),
-        state_dir=Path(data["state_dir"]) if "state_dir" in data else None,
+        state_dir=data.get("state_dir"),
     )
 
 

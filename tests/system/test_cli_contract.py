@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from qemu_depriv.cli.main import EXIT_BROKEN_PIPE, main
+from qemu_depriv.vms.store import Mode, StateStore, current_owner
 
 
 def test_a_usage_error_is_one_line_with_one_prefix(capsys: pytest.CaptureFixture[str]) -> None:
@@ -124,3 +128,78 @@ def test_commands_that_launch_nothing_do_not_import_the_launcher_or_nss(
     argv = [sys.executable, "-c", program, "--state-dir", str(tmp_path / "s"), *command]
     done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
     assert done.stdout.split()[-3:] == ["False", "False", "True"], done.stderr
+
+
+@pytest.mark.parametrize("given", ["", "state", "./s"])
+def test_a_relative_or_empty_state_dir_is_refused_before_anything(
+    given: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unset shell variable gives ``--state-dir ''``: that is no working directory."""
+    monkeypatch.chdir(tmp_path)
+    tmp_path.chmod(0o1777)
+    assert main(["--state-dir", given, "recover"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"qemu-depriv: error: state directory {given!r} is not an absolute path: give "
+        "--state-dir (or state_dir in the config) as one, such as /run/qemu-depriv"
+    ]
+    assert list(tmp_path.iterdir()) == []
+    assert tmp_path.stat().st_mode & 0o7777 == 0o1777
+
+
+def test_a_shared_directory_as_state_dir_is_left_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--state-dir /tmp`` by mistake: refused, not made root's alone."""
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    config = tmp_path / "web.cfg"
+    config.write_text('name = "web"\nmemory = 64\n')
+    assert main(["--state-dir", str(shared), "launch", str(config)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"qemu-depriv: error: state directory {shared} is owned by uid 0 ")
+    assert shared.stat().st_mode & 0o7777 == 0o1777
+    assert list(shared.iterdir()) == []
+
+
+def test_stopping_an_unknown_vm_creates_no_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--state-dir", str(tmp_path / "s"), "stop", "web"]) == 2
+    assert "no VM named or with domid 'web'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "3601", "ten"])
+@pytest.mark.parametrize(
+    "command",
+    [["stop", "web", "--timeout"], ["launch", "web.cfg", "--start-timeout"],
+     ["run", "--start-timeout"]],
+)  # fmt: skip
+def test_a_wait_is_more_than_0_and_at_most_an_hour(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str], value: str
+) -> None:
+    """Refused before the command begins: a stop must not claim its VM and then fail."""
+    code = main(["--state-dir", str(tmp_path / "s"), *command, value])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert f"argument {command[-1]}: " in line
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_damaged_state_store_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "s"
+    StateStore(state).reserve("web", None, mode=Mode.STANDALONE, owner=current_owner())
+    with contextlib.closing(sqlite3.connect(state / "state.db")) as db:
+        db.execute("UPDATE vms SET decision = '{'")
+        db.commit()
+    for command in (["list"], ["stop", "web"], ["--json", "list"]):
+        assert main(["--state-dir", str(state), *command]) == 4
+        captured = capsys.readouterr()
+        (line,) = captured.err.splitlines()
+        assert line.startswith(f"qemu-depriv: error: state store {state / 'state.db'} is damaged")
+        if "--json" in command:
+            assert json.loads(captured.out)["error"]["kind"] == "environment"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from qemu_depriv.errors import InvalidInput
-from qemu_depriv.settings import load_settings
+from qemu_depriv.settings import Settings, load_settings
 
 
 def test_every_key_is_read(tmp_path: Path) -> None:
@@ -47,8 +47,15 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("[layers]\ncpu_weight = 20000\n", "layers.cpu_weight = 20000 is out of range"),
         ("[layers]\nseccomp = 1\n", "layers.seccomp must be true or false"),
         ("[layers]\nnofile = true\n", "layers.nofile must be a whole number"),
+        ('state_dir = "run/qd"\n', "state directory 'run/qd' is not an absolute path"),
+        ('state_dir = ""\n', "state directory '' is not an absolute path"),
     ],
 )
 def test_bad_values_are_invalid_input(tmp_path: Path, text: str, words: str) -> None:
     with pytest.raises(InvalidInput, match=words.replace(".", r"\.")):
         load_settings(_write(tmp_path, text))
+
+
+def test_a_relative_state_dir_is_refused_from_the_library_too() -> None:
+    with pytest.raises(InvalidInput, match="'qd' is not an absolute path"):
+        Settings(state_dir=Path("qd"))

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from qemu_depriv.accounts.chain import Decision, Tier
-from qemu_depriv.errors import PolicyRefusal
+from qemu_depriv.errors import EnvironmentFailure, InvalidInput, PolicyRefusal
 from qemu_depriv.vms.store import (
     Lease,
     LeaseState,
@@ -59,7 +61,7 @@ def test_a_claim_succeeds_once_and_only_on_the_row_as_read(tmp_path: Path) -> No
 
 def test_a_store_from_the_first_schema_is_migrated_with_its_rows(tmp_path: Path) -> None:
     state = tmp_path / "s"
-    state.mkdir()
+    state.mkdir(mode=0o700)  # as the store makes it
     with contextlib.closing(sqlite3.connect(state / "state.db")) as db, db:
         db.executescript(
             """
@@ -126,3 +128,71 @@ def test_leases_name_each_vm_its_qemu_and_its_uid(tmp_path: Path) -> None:
         Lease(domid=1, name="a", pid=4321, start_time=8765, uid=131073),
         Lease(domid=2, name="b", pid=None, start_time=None, uid=None),
     ]
+
+
+def test_a_missing_state_directory_is_created_root_only(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "a" / "s")
+    store.reserve("a", None, mode=Mode.STANDALONE, owner=ME)
+    info = (tmp_path / "a" / "s").stat()
+    assert (info.st_uid, info.st_mode & 0o7777) == (0, 0o700)
+
+
+@pytest.mark.parametrize(("mode", "owner"), [(0o1777, 0), (0o755, 0), (0o700, 4321)])
+def test_a_state_directory_others_may_reach_is_refused_and_left_as_it_was(
+    tmp_path: Path, mode: int, owner: int
+) -> None:
+    """``--state-dir /tmp`` by mistake: neither made root's alone nor written to."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    os.chown(shared, owner, 0)
+    with pytest.raises(InvalidInput, match=f"owned by uid {owner} with mode {mode:o}"):
+        StateStore(shared).all()
+    info = shared.stat()
+    assert (info.st_uid, info.st_mode & 0o7777) == (owner, mode)
+    assert list(shared.iterdir()) == []
+
+
+def test_a_file_as_state_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("")
+    with pytest.raises(InvalidInput, match="is not a directory"):
+        StateStore(tmp_path / "f").all()
+
+
+def _damaged_json(store: StateStore) -> None:
+    domid = store.reserve("a", None, mode=Mode.STANDALONE, owner=ME)
+    store.assign(domid, DECISION, uid_busy=False)
+    with contextlib.closing(sqlite3.connect(store.path)) as db:
+        db.execute("UPDATE vms SET decision = '{' WHERE domid = ?", (domid,))
+        db.commit()
+
+
+def _damaged_pages(store: StateStore) -> None:
+    for n in range(60):
+        store.reserve(f"vm{n}", None, mode=Mode.STANDALONE, owner=ME)
+    store.close()
+    with contextlib.closing(sqlite3.connect(store.path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = store.path.stat().st_size
+    with store.path.open("r+b") as f:  # every page but the header's: the table's are garbage
+        f.seek(4096)
+        f.write(bytes(range(256)) * ((size - 4096) // 256))
+
+
+@pytest.mark.parametrize(
+    ("damage", "read"),
+    [(_damaged_pages, read) for read in ("all", "leases", "ended", "find", "reserve")]
+    + [(_damaged_json, read) for read in ("all", "ended", "find")],  # those decode a decision
+)
+def test_a_damaged_store_says_so_and_names_its_file(
+    tmp_path: Path, damage: Callable[[StateStore], None], read: str
+) -> None:
+    store = StateStore(tmp_path / "s")
+    damage(store)
+    calls: dict[str, Callable[[], object]] = {
+        "all": store.all, "leases": store.leases, "ended": store.ended,
+        "find": lambda: store.find("a") or store.find("vm3"),
+        "reserve": lambda: store.reserve("b", None, mode=Mode.STANDALONE, owner=ME),
+    }  # fmt: skip
+    with pytest.raises(EnvironmentFailure, match=f"state store {store.path} is damaged"):
+        calls[read]()

@@ -16,6 +16,25 @@ if TYPE_CHECKING:  # each command imports its machinery when it runs: start-up i
 
 #: The object ``add_subparsers`` returns, which each subcommand module registers with.
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+#: The longest wait an option may ask for, as for the settings' timeouts.
+MAX_SECONDS = 3600.0
+
+
+def seconds(text: str) -> float:
+    """An option's number of seconds to wait: more than 0, at most an hour (argparse type).
+
+    ``nan``, ``inf`` and negative values would reach the waits and the sockets' timeouts only
+    once the command has begun (a stop would have claimed its VM).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= MAX_SECONDS:  # also false for nan
+        raise argparse.ArgumentTypeError(
+            f"{text} seconds: give more than 0 and at most {MAX_SECONDS:.0f}"
+        )
+    return value
 
 
 @dataclass(frozen=True)

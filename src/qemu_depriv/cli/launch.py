@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qemu_depriv.cli.context import Commands, Context
+from qemu_depriv.cli.context import Commands, Context, seconds
 from qemu_depriv.cli.output import describe_decision, emit_json, warn
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
         help="allow root as a last resort (overrides dm_restrict in the file)",
     )  # fmt: skip
     launch.add_argument(
-        "--start-timeout", type=float, default=30.0, help="seconds for QEMU to answer QMP"
+        "--start-timeout", type=seconds, default=30.0, help="seconds for QEMU to answer QMP"
     )
     launch.add_argument("--dry-run", action="store_true", help="print the plan, start nothing")
     launch.set_defaults(run=run)

@@ -61,7 +61,7 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 
     group = parser.add_argument_group("global options")
     group.add_argument("--config", type=Path, default=default(None), help="TOML settings file")
-    group.add_argument("--state-dir", type=Path, default=default(None), help="state directory")
+    group.add_argument("--state-dir", default=default(None), help="state directory (absolute)")
     group.add_argument("--prefix", default=default(None), help="account-name prefix")
     group.add_argument(
         "-v", "--verbose", action="count", default=default(0), help="say more (repeatable)"

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from qemu_depriv.cli.context import Commands, Context
+from qemu_depriv.cli.context import Commands, Context, seconds
 
 
 def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
         "--json-status", type=Path, metavar="FILE", help="write the VM's state here, as JSON"
     )
     run_parser.add_argument(
-        "--start-timeout", type=float, default=60.0, help="seconds for QEMU to answer QMP"
+        "--start-timeout", type=seconds, default=60.0, help="seconds for QEMU to answer QMP"
     )
     run_parser.add_argument(
         "--xen", action="store_true",

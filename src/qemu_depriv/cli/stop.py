@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qemu_depriv.cli.context import Commands, Context
+from qemu_depriv.cli.context import Commands, Context, seconds
 from qemu_depriv.cli.output import emit_json, warn
 
 
@@ -12,7 +12,7 @@ def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
     """Register the subcommand."""
     stop = commands.add_parser("stop", parents=[parent], help="tear a device model down")
     stop.add_argument("vm", help="the VM's name or domid")
-    stop.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for quit")
+    stop.add_argument("--timeout", type=seconds, default=10.0, help="seconds to wait for quit")
     stop.set_defaults(run=run)
 
 

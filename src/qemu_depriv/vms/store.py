@@ -24,13 +24,13 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qemu_depriv.errors import EnvironmentFailure, PolicyRefusal
+from qemu_depriv.errors import EnvironmentFailure, InvalidInput, PolicyRefusal
 from qemu_depriv.host.processes import is_alive
 from qemu_depriv.host.procfs import start_time
 from qemu_depriv.isolation.layers import LayerPlan
@@ -191,6 +191,41 @@ def _migrate(connection: sqlite3.Connection) -> None:
         )
 
 
+def private_directory(path: Path) -> None:
+    """Create the state directory (0700), or check that the existing one is ours alone.
+
+    An existing directory is never changed: ``--state-dir`` naming ``/tmp``, ``/srv`` or the
+    working directory by mistake must not make it private to root.  It is refused instead.
+
+    Raises:
+        InvalidInput: it exists and is not a directory, or another user owns it or may enter it.
+        EnvironmentFailure: it could not be created or looked at.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise EnvironmentFailure(
+            f"state directory {path}: cannot create it: {exc.strerror}: check --state-dir"
+        ) from exc
+    else:
+        return
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise EnvironmentFailure(f"state directory {path}: {exc.strerror}") from exc
+    if not path.is_dir():
+        raise InvalidInput(f"state directory {path} is not a directory: check --state-dir")
+    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise InvalidInput(
+            f"state directory {path} is owned by uid {info.st_uid} with mode "
+            f"{info.st_mode & 0o7777:o}, so others may reach the leases in it: name a directory "
+            f"of its own with --state-dir (it is created 0700), or, if this one is only for "
+            f"qemu-depriv, make it root's alone (chown root:root {path} && chmod 0700 {path})"
+        )
+
+
 def _record(row: sqlite3.Row) -> VmRecord:
     values = dict(row)
     values["kill_by_uid"] = bool(values["kill_by_uid"])
@@ -230,9 +265,8 @@ class StateStore:
     def _connect(self) -> sqlite3.Connection:
         if self._connection is not None:
             return self._connection
+        private_directory(self.state_dir)
         try:
-            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.state_dir.chmod(0o700)
             fresh = not self.path.exists()
             connection = sqlite3.connect(
                 self.path, timeout=self._busy_timeout, isolation_level=None
@@ -271,6 +305,10 @@ class StateStore:
             ) from exc
         try:
             yield connection
+        except sqlite3.DatabaseError as exc:
+            with suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+            raise self._damaged(exc) from exc
         except BaseException:
             connection.execute("ROLLBACK")
             raise
@@ -292,6 +330,21 @@ class StateStore:
         """
         with self._transaction():
             yield
+
+    def _damaged(self, exc: Exception) -> EnvironmentFailure:
+        return EnvironmentFailure(
+            f"state store {self.path} is damaged ({exc}): move it aside (mv {self.path} "
+            f"{self.path}.damaged), then end the device models 'qemu-depriv audit' shows"
+        )
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for reads whose rows become records: a damaged store says so."""
+        connection = self._connect()
+        try:
+            yield connection
+        except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as exc:
+            raise self._damaged(exc) from exc
 
     def reserve(
         self,
@@ -428,21 +481,22 @@ class StateStore:
 
     def get(self, domid: int) -> VmRecord | None:
         """Return the VM with ``domid``, or None."""
-        row = self._connect().execute("SELECT * FROM vms WHERE domid = ?", (domid,)).fetchone()
-        return _record(row) if row else None
+        with self._reading() as db:
+            row = db.execute("SELECT * FROM vms WHERE domid = ?", (domid,)).fetchone()
+            return _record(row) if row else None
 
     def find(self, key: str) -> VmRecord | None:
         """Return the VM named ``key``, or whose domid ``key`` is, or None."""
-        db = self._connect()
-        row = db.execute("SELECT * FROM vms WHERE name = ?", (key,)).fetchone()
-        if row is None and key.isdigit():
-            row = db.execute("SELECT * FROM vms WHERE domid = ?", (int(key),)).fetchone()
-        return _record(row) if row else None
+        with self._reading() as db:
+            row = db.execute("SELECT * FROM vms WHERE name = ?", (key,)).fetchone()
+            if row is None and key.isdigit():
+                row = db.execute("SELECT * FROM vms WHERE domid = ?", (int(key),)).fetchone()
+            return _record(row) if row else None
 
     def all(self) -> list[VmRecord]:
         """Every VM, by domid."""
-        rows = self._connect().execute("SELECT * FROM vms ORDER BY domid").fetchall()
-        return [_record(row) for row in rows]
+        with self._reading() as db:
+            return [_record(row) for row in db.execute("SELECT * FROM vms ORDER BY domid")]
 
     def leases(self) -> list[Lease]:
         """Every VM's name, domid, QEMU and uid, by domid: what the audit matches processes to.
@@ -450,10 +504,9 @@ class StateStore:
         Without the decision, layers and verification, whose JSON made most of the cost of
         reading 200 records.
         """
-        rows = self._connect().execute(
-            "SELECT domid, name, pid, start_time, uid FROM vms ORDER BY domid"
-        )
-        return [Lease(**dict(row)) for row in rows.fetchall()]
+        with self._reading() as db:
+            rows = db.execute("SELECT domid, name, pid, start_time, uid FROM vms ORDER BY domid")
+            return [Lease(**dict(row)) for row in rows.fetchall()]
 
     def ended(self) -> list[VmRecord]:
         """The VMs whose QEMU exited, or whose launcher, stopper or supervisor died.
@@ -461,15 +514,17 @@ class StateStore:
         Every launch and stop asks this first: it reads only the columns that say so, and
         the whole record (decision, layers, verification) of only the VMs it finds.
         """
-        rows = self._connect().execute(
-            "SELECT domid, state, pid, start_time, owner_pid, owner_start, supervised "
-            "FROM vms ORDER BY domid"
-        )
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT domid, state, pid, start_time, owner_pid, owner_start, supervised "
+                "FROM vms ORDER BY domid"
+            ).fetchall()
+            states = [LeaseState(row["state"]) for row in rows]
         found = []
-        for row in rows.fetchall():
+        for row, state in zip(rows, states, strict=True):
             pid, started = row["pid"], row["start_time"]
             status = lease_status(
-                LeaseState(row["state"]),
+                state,
                 None if pid is None or started is None else (pid, started),
                 (row["owner_pid"], row["owner_start"]),
                 supervised=bool(row["supervised"]),

@@ -135,7 +135,7 @@ class Teardown:
             EnvironmentFailure: something of the VM survived (the lease is kept), or the
                 other process did not finish within ``wait`` seconds.
         """
-        record = self.store.find(key)
+        record = self.store.find(key) if self.store.exists() else None
         if record is None:
             raise InvalidInput(
                 f"no VM named or with domid {key!r} in the state store "
