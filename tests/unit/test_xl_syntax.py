@@ -329,6 +329,12 @@ CORPUS: dict[str, tuple[bytes, str]] = {
     "crlf": (b'name = "web"\r\n', ":1:13: carriage return"),
     "comment-at-eof": (b'name = "web"\n# end', ":2:1: a comment on the last line"),
     "upper-case-key": (b'Name = "web"\n', ":1:1: setting names are lower case"),
+    "upper-case-value": (
+        b"acpi = True\n",
+        ":1:8: expected a value (a quoted string, a number or "
+        "a list), found 'True': quote text (\"True\"); a flag is 1 or 0",
+    ),
+    "upper-case-item": (b'disk = [ "a", Web ]\n', ":1:15: expected a value"),
     "two-values": (b'name = "a" "b"\n', ":1:12: expected the end of the line"),
     "nested-item": (b"name = 'web'\ndisk = [ [ 'a' ] ]\n", ":2:1: disk item 1 is a list"),
     "list-for-one": (b"name = 'web'\nvnclisten = [ 'a' ]\n", ":2:1: vnclisten must be one value"),

@@ -76,6 +76,8 @@ _ESCAPES = {ord(k): ord(v) for k, v in zip("\"'\\abfnrtv", "\"'\\\a\b\f\n\r\t\v"
 _C_SPACE = b" \t\n\v\f\r"
 #: What C's strtol(value, &end, 0) reads: leading C whitespace, a sign, hex, octal or decimal.
 _WORD = re.compile(rb"[^ \t\n,\];]*")
+#: The tokens after which a value comes: a word there is a value, not a setting's name.
+_BEFORE_VALUE = (b"=", b"+=", b"[", b",")
 _STRAY = {
     b"#": "a comment on the last line needs a newline at its end: xl refuses it without",
     b"\r": "carriage return: xl reads Unix line ends only (convert with dos2unix)",
@@ -177,6 +179,14 @@ class _Reader:
                 before, f"number {text!r}: xl reads digits, a-f and x only (hex in lower case, "
                 f"no signs or decimals): {fix}",
             )  # fmt: skip
+        if (char.isupper() or char == b"_") and before is not None and before.raw in _BEFORE_VALUE:
+            word = _WORD.match(self.data, self.pos)
+            shown = (word.group() if word else char).decode("utf-8", "surrogateescape")
+            return self.error(
+                self.pos,
+                f"expected a value (a quoted string, a number or a list), found {shown!r}: "
+                f'quote text ("{shown}"); a flag is 1 or 0',
+            )
         if char.isupper() or char == b"_":
             char = b"A"
         why = _STRAY.get(char, f"unexpected byte {char!r} outside quotes and comments")
