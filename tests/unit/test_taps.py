@@ -10,6 +10,7 @@ from qemu_depriv.errors import InvalidInput
 from qemu_depriv.host.procfs import parse_tun_fdinfo
 from qemu_depriv.isolation.layers import VmShape, check_layers, plan_layers
 from qemu_depriv.qemu.cmdline import CommandLine, parse_command_line, refusals
+from qemu_depriv.qemu.devices import nic_args
 from qemu_depriv.qemu.taps import (
     IFNAME_MAX,
     TapPlan,
@@ -205,3 +206,47 @@ def test_the_plan_round_trips_through_the_store_form() -> None:
     tap = TapPlan("vif1.0-emu", "br0", "fe:16:3e:00:00:01", 1500, vnet_hdr=False)
     assert TapPlan.from_dict({**tap.as_dict(), "ifindex": 4, "created": True}) == tap
     assert replace(tap, mtu=None).as_dict()["mtu"] is None
+
+
+def test_a_vifs_devid_names_its_nic_netdev_and_tap_as_libxl_does() -> None:
+    """``devid=`` overrides the place in the list; libxl's hotplug expects vifDOMID.DEVID-emu."""
+    web = config("'devid=3,bridge=br0,mac=00:16:3e:0:0:3', 'bridge=br0'")
+    assert [vif.devid for vif in web.vifs] == [3, 1]
+    assert nic_args(web, 5)[:4] == [
+        "-device", "rtl8139,id=nic3,netdev=net3,mac=00:16:3e:00:00:03",
+        "-netdev", "type=tap,id=net3,ifname=vif5.3-emu,br=br0,script=no,downscript=no",
+    ]  # fmt: skip
+    taps, args, _ = standalone_taps(web, 5)
+    assert [t.name for t in taps] == ["vif5.3-emu", "vif5.1-emu"]
+    assert args[:2] == ["-netdev", "tap,id=net3,fd=@vif5.3-emu"]
+
+
+@pytest.mark.parametrize(
+    ("vifs", "words"),
+    [
+        ("'devid=1', ''", "two vifs share a devid"),
+        ("'devid=x'", "devid 'x' is not a number"),
+        ("'devid=-1'", "devid '-1' is not a number"),
+        ("'mac=00:16:3e:100:0:0'", "is not six hex pairs"),
+    ],
+)
+def test_a_bad_devid_or_mac_is_refused(vifs: str, words: str) -> None:
+    with pytest.raises(InvalidInput, match=words):
+        config(vifs)
+
+
+def test_the_backends_own_vif_settings_and_flags_are_accepted_as_xl_accepts_them() -> None:
+    web = config("'bridge=br0,trusted', 'untrusted,accel=x,forwarddev=eth0,script=vif-route'")
+    assert [(vif.devid, vif.bridge) for vif in web.vifs] == [(0, "br0"), (1, "xenbr0")]
+
+
+@pytest.mark.parametrize(
+    ("keys", "memory", "maxmem"),
+    [("", 32, None), ("maxmem = 2048\n", 2048, 2048), ("memory = 512\n", 512, None),
+     ("memory = 512\nmaxmem = 1024\n", 512, 1024)],
+)  # fmt: skip
+def test_memory_defaults_as_xl_and_libxl_set_it(keys: str, memory: int, maxmem: int | None) -> None:
+    """xl: memory sets the target and the maximum, maxmem the maximum; libxl: 32 MiB, and the
+    target is the maximum when only that is set."""
+    read = domain_config(parse_xlcfg(f'name = "web"\ntype = "hvm"\n{keys}'), "web.cfg")
+    assert (read.memory, read.maxmem) == (memory, maxmem)

@@ -182,11 +182,14 @@ def domain_config(settings: Mapping[str, Setting], source: str = "<config>") -> 
     if name is None:
         raise InvalidInput(f'{source}: no name = "..." setting: every domain needs a name')
     memory, vcpus = _integer(settings, "memory", source), _integer(settings, "vcpus", source)
+    maxmem = _integer(settings, "maxmem", source)
+    if memory is None:  # xl: memory sets the target and the maximum; libxl: the target is the
+        memory = maxmem if maxmem is not None else DomainConfig.memory  # maximum, 32 MiB
     return DomainConfig(
         name=name,
         type=_domain_type(settings, source),
-        memory=128 if memory is None else memory,
-        maxmem=_integer(settings, "maxmem", source),
+        memory=memory,
+        maxmem=maxmem,
         vcpus=1 if vcpus is None else vcpus,
         maxvcpus=_integer(settings, "maxvcpus", source),
         device_model_user=_string(settings, "device_model_user", source),

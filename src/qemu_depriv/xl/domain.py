@@ -88,7 +88,8 @@ class DomainConfig:
 
     name: str
     type: str = "hvm"
-    memory: int = 128
+    #: MiB; libxl's default (its max_memkb), as for a config that sets neither key.
+    memory: int = 32
     maxmem: int | None = None
     vcpus: int = 1
     maxvcpus: int | None = None
@@ -191,4 +192,6 @@ class DomainConfig:
              "vncdisplay and a vnclisten with a ':' display both set: give one"),
             (len({d.vdev for d in self.disks}) != len(self.disks),
              "two disks share a vdev: give each its own"),
+            (len({v.devid for v in self.vifs}) != len(self.vifs),
+             "two vifs share a devid (devid= or a vif's place in the list): give each its own"),
         ]  # fmt: skip

@@ -11,16 +11,23 @@ from dataclasses import dataclass
 
 from qemu_depriv.xl.disks import SAFE_NAME, bad_spec
 
-_MAC = re.compile(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}\Z")
+#: Six groups of one or two hex digits, as xl reads a ``mac=`` (``00:16:3e:1:2:3`` too).
+_MAC = re.compile(r"([0-9A-Fa-f]{1,2}:){5}[0-9A-Fa-f]{1,2}\Z")
+#: The ``key=value`` settings of xl's vifspec.  Those that concern only the backend (the
+#: hotplug script's, or COLO's ``forwarddev``; ``accel``, which xl ignores) are read and left.
 _VIF_KEYS = frozenset(
     {"mac", "bridge", "model", "type", "ip", "script", "vifname", "backend", "rate",
-     "gatewaydev", "netdev", "devid", "mtu", "trusted", "untrusted"}
+     "gatewaydev", "netdev", "devid", "mtu", "accel", "forwarddev"}
 )  # fmt: skip
+#: Settings without a value: whether the backend trusts the frontend (xl-network-configuration).
+_VIF_FLAGS = frozenset({"trusted", "untrusted"})
+#: The largest devid: libxl's devid is a C int.
+DEVID_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
 class Vif:
-    """One vifspec (devid is its position in the list)."""
+    """One vifspec (devid is its ``devid=``, else its position in the list, as xl sets it)."""
 
     devid: int
     mac: str | None
@@ -33,24 +40,33 @@ class Vif:
 
 
 def parse_vif(spec: str, devid: int, source: str = "<config>") -> Vif:
-    """Parse one vifspec.
+    """Parse one vifspec, the ``devid``-th of its list unless it says ``devid=``.
 
     Raises:
-        InvalidInput: an unknown key, a malformed MAC, or unsafe characters in a name.
+        InvalidInput: an unknown key, a malformed MAC or devid, or unsafe characters in a name.
     """
     settings: dict[str, str] = {}
     for item in (part.strip() for part in spec.split(",")):
         if not item:
+            continue
+        if item in _VIF_FLAGS:
             continue
         key, equals, value = item.partition("=")
         if not equals or key not in _VIF_KEYS:
             raise bad_spec(source, "vif", spec, f"unknown setting {item!r}")
         settings[key] = value
     mac = settings.get("mac")
-    if mac is not None and not _MAC.match(mac):
-        raise bad_spec(
-            source, "vif", spec, f"mac {mac!r} is not six hex pairs such as 00:16:3e:01:02:03"
-        )
+    if mac is not None:
+        if not _MAC.match(mac):
+            raise bad_spec(
+                source, "vif", spec, f"mac {mac!r} is not six hex pairs such as 00:16:3e:01:02:03"
+            )
+        mac = ":".join(f"{int(part, 16):02x}" for part in mac.split(":"))
+    if "devid" in settings:
+        text = settings["devid"]
+        if not (text.isascii() and text.isdigit() and int(text) <= DEVID_MAX):
+            raise bad_spec(source, "vif", spec, f"devid {text!r} is not a number from 0")
+        devid = int(text)
     for key in ("bridge", "model", "vifname"):
         if key in settings and not SAFE_NAME.match(settings[key]):
             raise bad_spec(
@@ -67,7 +83,7 @@ def parse_vif(spec: str, devid: int, source: str = "<config>") -> Vif:
         raise bad_spec(source, "vif", spec, f"mtu {mtu!r} is not a number from 68 to 65535")
     return Vif(
         devid=devid,
-        mac=mac.lower() if mac else None,
+        mac=mac,
         bridge=settings.get("bridge", "xenbr0"),
         model=settings.get("model", "rtl8139"),
         type=vif_type,
