@@ -348,7 +348,22 @@ CORPUS: dict[str, tuple[bytes, str]] = {
     "too-deep": (b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
     "missing-name": (b"memory = 64\n", ": no name"),
     "wrong-kind": (b'name = "web"\nmemory = [ 64 ]\n', ": memory must be a number"),
-    "memory-zero": (b'name = "web"\nmemory = 0\n', ": memory 0 MiB is out of range"),
+    "memory-zero": (b'name = "web"\nmemory = 0\n', ":2:1: memory 0 MiB is out of range"),
+    "vga-unknown": (b'name = "web"\ntype = "hvm"\nvga = "std"\n', ":3:1: vga 'std' is unknown"),
+    "disk-item": (
+        b'name = "web"\ndisk = [ "/a.img,raw,hda,w",\n  "/b.img,hdb,w" ]\n',
+        ":2:1: disk '/b.img,hdb,w': unknown value for format",
+    ),
+    "vif-item": (
+        b'name = "web"\n\nvif = [ "bridge=br0,colour=red" ]\n',
+        ":3:1: vif 'bridge=br0,colour=red': unknown setting 'colour=red'",
+    ),
+    "vnclisten-options": (
+        b'name = "web"\nvnclisten = "0.0.0.0:1,websocket=6401"\n',
+        ":2:1: vnclisten '0.0.0.0:1,websocket=6401' adds VNC options",
+    ),
+    "name-empty": (b'\nname = ""\n', ":2:1: domain name is empty"),
+    "user-bad": (b'name = "web"\n\ndevice_model_user = "a b"\n', ":3:1: device_model_user 'a b'"),
     "memory-huge": (b'name = "web"\nmemory = 0x1000001\n', "is out of range"),
     "vcpus-zero": (b'name = "web"\nvcpus = 0\n', ": vcpus 0 is out of range"),
     "vcpus-many": (b'name = "web"\nvcpus = 513\n', ": vcpus 513 is out of range"),

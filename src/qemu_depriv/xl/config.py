@@ -181,6 +181,7 @@ def domain_config(settings: Mapping[str, Setting], source: str = "<config>") -> 
     name = _string(settings, "name", source)
     if name is None:
         raise InvalidInput(f'{source}: no name = "..." setting: every domain needs a name')
+    positions = {key: _where(source, setting) for key, setting in settings.items()}
     memory, vcpus = _integer(settings, "memory", source), _integer(settings, "vcpus", source)
     maxmem = _integer(settings, "maxmem", source)
     if memory is None:  # xl: memory sets the target and the maximum; libxl: the target is the
@@ -208,9 +209,12 @@ def domain_config(settings: Mapping[str, Setting], source: str = "<config>") -> 
         vga=_vga(settings, source),
         videoram=_integer(settings, "videoram", source),
         uuid=_string(settings, "uuid", source),
-        disks=tuple(parse_disk(d, source) for d in _strings(settings, "disk", source)),
+        disks=tuple(
+            parse_disk(d, positions.get("disk", source)) for d in _strings(settings, "disk", source)
+        ),
         vifs=tuple(
-            parse_vif(v, devid, source) for devid, v in enumerate(_strings(settings, "vif", source))
+            parse_vif(v, devid, positions.get("vif", source))
+            for devid, v in enumerate(_strings(settings, "vif", source))
         ),
         vfbs=_strings(settings, "vfb", source),
         p9s=_strings(settings, "p9", source),
@@ -218,6 +222,7 @@ def domain_config(settings: Mapping[str, Setting], source: str = "<config>") -> 
         usbctrls=_strings(settings, "usbctrl", source),
         accel=_string(settings, "accel", source),
         source=source,
+        positions=positions,
     )
 
 

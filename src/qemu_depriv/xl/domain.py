@@ -7,12 +7,14 @@ value and says what would be accepted.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from qemu_depriv.accounts.names import CONTROL, validate_user_name
 from qemu_depriv.errors import InvalidInput
 from qemu_depriv.xl.disks import Disk
 from qemu_depriv.xl.nics import Vif
+from qemu_depriv.xl.syntax import DIFFERENCES
 
 #: Domid 0 is the host (dom0); Xen reserves 32752 (DOMID_FIRST_RESERVED) and above.
 DOMID_MIN = 1
@@ -117,6 +119,8 @@ class DomainConfig:
     usbctrls: tuple[str, ...] = ()
     accel: str | None = None
     source: str = "<config>"
+    #: Where each key was set (``FILE:LINE:COL``), for the messages; not part of the value.
+    positions: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def vga_kind(self) -> str:
@@ -139,59 +143,86 @@ class DomainConfig:
         return self.maxmem if self.maxmem is not None else self.memory
 
     def __post_init__(self) -> None:
-        where = f"{self.source}: "
-        try:
-            validate_domain_name(self.name)
-            if self.device_model_user is not None:
-                validate_user_name(self.device_model_user, what="device_model_user")
-        except InvalidInput as exc:
-            raise InvalidInput(where + exc.message) from exc
-        for broken, message in self._problems():
+        for key, check in (("name", lambda: validate_domain_name(self.name)),
+                           ("device_model_user", self._check_user)):  # fmt: skip
+            try:
+                check()
+            except InvalidInput as exc:
+                raise InvalidInput(f"{self._where(key)}: {exc.message}") from exc
+        for broken, key, message in self._problems():
             if broken:
-                raise InvalidInput(where + message)
+                raise InvalidInput(f"{self._where(key)}: {message}")
 
-    def _problems(self) -> list[tuple[bool, str]]:
+    def _check_user(self) -> None:
+        if self.device_model_user is not None:
+            validate_user_name(self.device_model_user, what="device_model_user")
+
+    def _where(self, key: str) -> str:
+        return self.positions.get(key, self.source)
+
+    def _problems(self) -> list[tuple[bool, str, str]]:
         """Every check, evaluated together: none may fail on a value another check refuses."""
         video_min = VIDEORAM_MIN.get(self.vga_kind, 0)
         memory_range = f"use {MEMORY_MIN_MIB} to {MEMORY_MAX_MIB} (16 TiB)"
         return [
             (self.type not in DOMAIN_TYPES,
+             "type",
              f"type {self.type!r} is unknown: use one of {', '.join(DOMAIN_TYPES)}"),
             (not MEMORY_MIN_MIB <= self.memory <= MEMORY_MAX_MIB,
+             "memory",
              f"memory {self.memory} MiB is out of range: {memory_range}"),
             (self.maxmem is not None and not self.memory <= self.maxmem <= MEMORY_MAX_MIB,
+             "maxmem",
              f"maxmem {self.maxmem} MiB must be at least memory ({self.memory}) and at most "
              f"{MEMORY_MAX_MIB}"),
             (not 1 <= self.vcpus <= VCPUS_MAX,
+             "vcpus",
              f"vcpus {self.vcpus} is out of range: use 1 to {VCPUS_MAX}"),
             (self.maxvcpus is not None and not self.vcpus <= self.maxvcpus <= VCPUS_MAX,
+             "maxvcpus",
              f"maxvcpus {self.maxvcpus} must be at least vcpus ({self.vcpus}) and at most "
              f"{VCPUS_MAX}"),
             (self.accel is not None and self.accel not in ACCELERATORS,
+             "accel",
              f"accel {self.accel!r} is unknown: use one of {', '.join(ACCELERATORS)}"),
             (self.vga is not None and self.vga not in VGA_KINDS,
+             "vga",
              f"vga {self.vga!r} is unknown: use one of {', '.join(VGA_KINDS)}"),
             (self.videoram is not None and self.videoram < video_min,
+             "videoram",
              f"videoram {self.videoram} MiB is below the {video_min} MiB "
              f"that vga {self.vga_kind} needs"),
             (self.type == "hvm" and self.video_memory >= self.max_memory,
+             "videoram",
              f"videoram {self.video_memory} MiB leaves no guest memory out of "
              f"{self.max_memory} MiB: raise memory"),
             (self.device_model_version is not None
              and self.device_model_version not in DM_VERSIONS,
+             "device_model_version",
              f"device_model_version {self.device_model_version!r} is unknown: use qemu-xen"),
             (self.uuid is not None and not _UUID.match(self.uuid),
+             "uuid",
              f"uuid {self.uuid!r} is not of the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"),
             (self.boot is not None and not re.fullmatch(r"[a-p]{1,16}", self.boot),
+             "boot",
              f"boot {self.boot!r} is not a boot order such as 'cd' (letters a-p)"),
+            (self.vnclisten is not None and "," in self.vnclisten,
+             "vnclisten",
+             f"vnclisten {self.vnclisten!r} adds VNC options after a comma, "
+             f"{DIFFERENCES['vnc-options']}: give the address (and display) alone"),
             (self.vnclisten is not None and not _LISTEN.match(self.vnclisten),
+             "vnclisten",
              f"vnclisten {self.vnclisten!r} is not an address"),
             (self.vncdisplay is not None and not 0 <= self.vncdisplay <= 65535 - 5900,
+             "vncdisplay",
              f"vncdisplay {self.vncdisplay} is out of range"),
             (self.vncdisplay is not None and ":" in (self.vnclisten or ""),
+             "vncdisplay",
              "vncdisplay and a vnclisten with a ':' display both set: give one"),
             (len({d.vdev for d in self.disks}) != len(self.disks),
+             "disk",
              "two disks share a vdev: give each its own"),
             (len({v.devid for v in self.vifs}) != len(self.vifs),
+             "vif",
              "two vifs share a devid (devid= or a vif's place in the list): give each its own"),
         ]  # fmt: skip

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from qemu_depriv.xl.disks import SAFE_NAME, bad_spec
+from qemu_depriv.xl.syntax import DIFFERENCES
 
 #: Six groups of one or two hex digits, as xl reads a ``mac=`` (``00:16:3e:1:2:3`` too).
 _MAC = re.compile(r"([0-9A-Fa-f]{1,2}:){5}[0-9A-Fa-f]{1,2}\Z")
@@ -53,7 +54,9 @@ def parse_vif(spec: str, devid: int, source: str = "<config>") -> Vif:
             continue
         key, equals, value = item.partition("=")
         if not equals or key not in _VIF_KEYS:
-            raise bad_spec(source, "vif", spec, f"unknown setting {item!r}")
+            raise bad_spec(
+                source, "vif", spec, f"unknown setting {item!r}: {DIFFERENCES['vif-setting']}"
+            )
         settings[key] = value
     mac = settings.get("mac")
     if mac is not None:
@@ -73,7 +76,8 @@ def parse_vif(spec: str, devid: int, source: str = "<config>") -> Vif:
                 source,
                 "vif",
                 spec,
-                f"{key} {settings[key]!r} has characters outside A-Z a-z 0-9 _ . -",
+                f"{key} {settings[key]!r} has characters outside A-Z a-z 0-9 _ . -, "
+                f"{DIFFERENCES['unsafe-name']}",
             )
     vif_type = settings.get("type", "ioemu")
     if vif_type not in ("ioemu", "vif"):

@@ -59,6 +59,9 @@ DIFFERENCES = {
     "not-a-number": "xl would ignore it and use its default",
     "nested-item": "xl would stop reading the list there",
     "too-large": "not a domain config file",
+    "vif-setting": "xl would warn and ignore it",
+    "unsafe-name": "which would reach QEMU's options",
+    "vnc-options": "which would reach QEMU's -vnc unchecked",
 }
 
 #: bison's YYMAXDEPTH in libxlutil's parser: a push onto its 10,000th entry exhausts it.
