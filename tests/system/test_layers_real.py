@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from qemu_depriv.errors import LayerVerificationFailed
+from qemu_depriv.errors import InvalidInput, LayerVerificationFailed
 from qemu_depriv.host.procfs import live_pids_of_uid, parse_cgroup
 from qemu_depriv.isolation.cgroups import CgroupHost, VmCgroup, controller_path
 from qemu_depriv.isolation.jail import Jail, jail_for
 from qemu_depriv.isolation.layers import LayerPlan
-from qemu_depriv.settings import Settings
+from qemu_depriv.settings import LayerSettings, Settings
 from qemu_depriv.vms.launcher import LaunchRequest, system_launcher
 from qemu_depriv.xl.domain import DomainConfig
 from tests.system.vmhost import RANGE_BASE, VmHost, leftovers
@@ -189,3 +189,19 @@ def test_a_chroot_found_written_to_is_quarantined_not_deleted(vmhost: VmHost) ->
     assert len(kept) == 1
     assert (kept[0] / "dropped").read_text() == "evidence"
     assert not chroot.exists()
+
+
+def test_a_descriptor_limit_above_the_kernels_is_refused_before_qemu_starts() -> None:
+    """Between fork and exec, setrlimit's refusal would only say that the pre-exec function
+    raised: the limit is held against fs.nr_open first, and the launch leaves nothing."""
+    state = Path(tempfile.mkdtemp(prefix="qd", dir="/tmp")) / "s"
+    lookup = TableLookup([account("xen-qemuuser-range-base", RANGE_BASE)])
+    ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
+    settings = Settings(state_dir=state, layers=LayerSettings(nofile=ceiling + 1))
+    launcher = system_launcher(settings, lookup=lookup)
+    config = DomainConfig(name="files", type="hvm", memory=64)
+    with pytest.raises(InvalidInput, match=rf"layers\.nofile = {ceiling + 1} is above"):
+        launcher.launch(LaunchRequest(config=config, domid=6))
+    assert launcher.store.all() == []
+    assert leftovers() == []
+    assert group_left("6-files") == []

@@ -26,8 +26,9 @@ import resource
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from qemu_depriv.errors import EnvironmentFailure
+from qemu_depriv.errors import EnvironmentFailure, InvalidInput
 from qemu_depriv.host import syscalls
 from qemu_depriv.host.procfs import UNLIMITED
 from qemu_depriv.isolation.cgroups import VmCgroup
@@ -91,8 +92,34 @@ def _limit(value: int) -> int:
     return resource.RLIM_INFINITY if value == UNLIMITED else value
 
 
-def jail_for(plan: LayerPlan, cgroup: VmCgroup | None) -> Jail:
-    """The jail that applies ``plan`` (the launcher's default; tests may pass another)."""
+#: The kernel's ceiling on RLIMIT_NOFILE (sysctl fs.nr_open).
+NR_OPEN = Path("/proc/sys/fs/nr_open")
+
+
+def _check_nofile(plan: LayerPlan, nr_open: Path) -> None:
+    """Refuse a descriptor limit the kernel would refuse between fork and exec.
+
+    There, the failure would only say that the pre-exec function raised.
+    """
+    wanted = max(plan.rlimits.get("nofile", (0, 0)))
+    try:
+        ceiling = int(nr_open.read_text())
+    except (OSError, ValueError):
+        return  # not knowable here: setrlimit still refuses it before QEMU starts
+    if wanted > ceiling:
+        raise InvalidInput(
+            f"layers.nofile = {wanted} is above this kernel's ceiling on open files "
+            f"(fs.nr_open = {ceiling}): lower it in the settings file, or raise fs.nr_open"
+        )
+
+
+def jail_for(plan: LayerPlan, cgroup: VmCgroup | None, *, nr_open: Path = NR_OPEN) -> Jail:
+    """The jail that applies ``plan`` (the launcher's default; tests may pass another).
+
+    Raises:
+        InvalidInput: the descriptor limit is above what the kernel allows.
+    """
+    _check_nofile(plan, nr_open)
     flags = 0
     for name in plan.namespaces:
         flags |= _NAMESPACE_FLAGS.get(name, 0)
