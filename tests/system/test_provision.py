@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from qemu_depriv.accounts.provision import undo
 from tests.system.conftest import NSEXEC
 
 P = "xen-qemuuser"
@@ -233,3 +234,85 @@ def test_a_name_no_passwd_database_holds_is_refused_before_anything_runs(
     assert code == 2
     assert "cannot be an account name" in stderr
     assert digest(root) == before
+
+
+def test_an_id_a_user_holds_as_primary_gid_is_not_free(tmp_path: Path) -> None:
+    """No group line names gid 100 or 65536, but svc and web hold them: the new accounts'
+    groups would be theirs, and a VM would run in another user's primary group."""
+    root = make_root(
+        tmp_path, passwd=(f"svc:x:150:100{NOLOGIN}", f"web:x:151:{65536 + 3}{NOLOGIN}")
+    )
+    assert provision(root, "reaper")[0] == 0
+    assert entry(root, f"{P}-reaper")[2:4] == ["101", "101"]
+    assert provision(root, "range")[0] == 0
+    assert entry(root, f"{P}-range-base")[2:4] == ["131072", "131072"]
+
+
+def test_nis_compat_lines_take_their_ids(tmp_path: Path) -> None:
+    """shadow's useradd counts '+name:x:100:100' as taken: so does the plan, and it succeeds."""
+    root = make_root(tmp_path, passwd=("+nisuser:x:100:100::/home/nisuser:/bin/bash", "+::::::"))
+    (root / "etc" / "group").write_text((root / "etc" / "group").read_text() + "+:::\n")
+    code, out, stderr = provision(root, "reaper")
+    assert code == 0, stderr
+    assert out["applied"]
+    assert entry(root, f"{P}-reaper")[2] == "101"
+
+
+def test_a_refusal_with_json_prints_one_document(tmp_path: Path) -> None:
+    root = make_root(tmp_path, passwd=(f"{P}-shared:x:500:500::/home/s:/bin/bash",))
+    done = cli("provision", "shared", "--root", str(root), "--json")
+    assert done.returncode == 3
+    assert json.loads(done.stdout)["error"]["kind"] == "refused"
+
+
+def test_the_range_account_is_named_as_it_is_created(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    code, out, _ = provision(root, "range")
+    assert (code, out["account"]) == (0, f"{P}-range-base")
+    before = digest(root)
+    done = cli("provision", "range", "--base", "196608", "--root", str(root))
+    assert done.returncode == 3
+    assert f"{P}-range-base is at uid 65536, not --base 196608" in done.stderr
+    assert digest(root) == before
+
+
+def test_doctor_checks_the_seeds_range_and_the_alternate_roots_reaper(tmp_path: Path) -> None:
+    """The seed's PREFIX-base is the range base when no PREFIX-range-base exists: its block
+    must be free as well.  With --root, the reaper is the root's, not this host's."""
+    root = make_root(
+        tmp_path,
+        passwd=(f"{P}-base:x:131072:131072{NOLOGIN}", "bob:x:131079:131079::/home/bob:/bin/bash"),
+        group=(f"{P}-base:x:131072:", "bob:x:131079:"),
+    )
+    assert provision(root, "reaper")[0] == 0
+    state = ["--state-dir", str(tmp_path / "state")]
+    done = cli("doctor", "--root", str(root), *state)  # the host's NSS: no such reaper there
+    assert done.returncode == 1
+    problems = [line for line in done.stdout.splitlines() if line.startswith("FIX")]
+    assert any(f"of {P}-base overlaps user bob" in line for line in problems), problems
+    assert not any("provision reaper" in line for line in problems), problems
+
+
+@pytest.mark.parametrize("command", ["provision", "doctor"])
+def test_a_relative_root_is_refused(tmp_path: Path, command: str) -> None:
+    args = ["range"] if command == "provision" else []
+    done = cli(command, *args, "--root", "etc", "--state-dir", str(tmp_path / "s"))
+    assert done.returncode == 2
+    assert "--root etc: give" in done.stderr
+
+
+def test_subordinate_ids_in_another_encoding_are_read(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    (root / "etc" / "subuid").write_bytes(b"jos\xe9:65536:65536\n")
+    code, _, stderr = provision(root, "range")
+    assert code == 0, stderr
+    assert entry(root, f"{P}-range-base")[2] == "131072"
+
+
+def test_an_undo_that_fails_says_what_is_left(tmp_path: Path) -> None:
+    """groupdel of a group that is not there fails for real: the report names it."""
+    root = make_root(tmp_path)
+    left = undo(("groupadd", "--prefix", str(root), "--system", "--gid", "100", "nosuch"))
+    assert left is not None
+    assert left.startswith(f"group nosuch is left (groupdel --prefix {root} nosuch: ")
+    assert left.endswith("): remove it by hand")

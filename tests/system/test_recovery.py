@@ -50,6 +50,7 @@ def started() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def orphan(state_dir: Path, started: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
     """A QEMU as UID naming domid 9's run directory, which no lease holds."""
+    state_dir.mkdir(mode=0o700, exist_ok=True)  # as the store makes it
     run_dir = state_dir / "vms" / "9"
     run_dir.mkdir(parents=True)
     argv = [

@@ -70,6 +70,14 @@ class AccountFiles:
         """The group called ``name``, or None."""
         return next((g for g in self.groups if g.name == name), None)
 
+    def ids(self) -> set[int]:
+        """Every id taken as a uid or a gid: users' own, their primary groups', groups'."""
+        return (
+            {u.id for u in self.users}
+            | {u.gid for u in self.users if u.gid is not None}
+            | {g.id for g in self.groups}
+        )
+
     def ids_in(self, block: range, *, ignore: Callable[[str], bool] = _nothing) -> list[str]:
         """Describe every account, group or subordinate range with an id in ``block``.
 
@@ -77,6 +85,11 @@ class AccountFiles:
         """
         found = [
             f"user {u.name} ({u.id})" for u in self.users if u.id in block and not ignore(u.name)
+        ]
+        found += [  # a user's primary gid is taken even where no group line names it
+            f"user {u.name}'s gid ({u.gid})"
+            for u in self.users
+            if u.gid is not None and u.gid in block and u.id not in block and not ignore(u.name)
         ]
         found += [
             f"group {g.name} ({g.id})" for g in self.groups if g.id in block and not ignore(g.name)
@@ -111,9 +124,14 @@ def _parse(path: Path, *, users: bool) -> tuple[Entry, ...]:
         raise EnvironmentFailure(f"{path}: cannot read it: {exc.strerror}") from exc
     entries = []
     for number, line in enumerate(lines, 1):
-        if not line.strip() or line.startswith(("#", "+", "-")):
+        if not line.strip() or line.startswith("#"):
             continue
         fields = line.split(":")
+        if line.startswith(("+", "-")):
+            # NIS compat: '+name:x:109:109:...' takes its ids as shadow's tools count them;
+            # '+::::::' and '-name' take none.  The name keeps its sign: it is no local account.
+            entries += _compat_entry(fields, users=users)
+            continue
         try:
             if users:
                 entries.append(Entry(fields[0], int(fields[2]), int(fields[3]), fields[6]))
@@ -124,9 +142,16 @@ def _parse(path: Path, *, users: bool) -> tuple[Entry, ...]:
     return tuple(entries)
 
 
+def _compat_entry(fields: list[str], *, users: bool) -> list[Entry]:
+    wanted = (2, 3) if users else (2,)
+    if len(fields) <= max(wanted) or not all(fields[i].isdigit() for i in wanted):
+        return []
+    return [Entry(fields[0], int(fields[2]), int(fields[3]) if users else None)]
+
+
 def _subordinate(path: Path) -> tuple[range, ...]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
     except FileNotFoundError:
         return ()
     except OSError as exc:
@@ -188,21 +213,28 @@ def unsafe_account(user: Entry) -> list[str]:
 
 
 def plan_range(
-    files: AccountFiles, prefix: str, root: Path, base: int | None = None
+    files: AccountFiles, prefix: str, root: Path, base: int | None = None, *, name: str = ""
 ) -> ProvisionPlan:
-    """Plan ``PREFIX-range-base`` (pure).
+    """Plan ``PREFIX-range-base`` (pure), or check ``name``, an existing range base.
+
+    ``name`` is the seed's ``PREFIX-base`` where that is the host's range base.
 
     Raises:
         InvalidInput: ``base`` is not a non-zero multiple of 65,536 below the uid limit.
         PolicyRefusal: no free block exists.
     """
-    name = f"{prefix}-range-base"
+    name = name or f"{prefix}-range-base"
     existing = files.user(name)
     if existing is not None:
         block = range(existing.id, existing.id + BLOCK)
         # The range's own account and group, and the seed's per-domid accounts, belong in it.
-        own = re.compile(rf"{re.escape(prefix)}-(range-base|base[0-9]+|domid[0-9]+)\Z")
+        own = re.compile(rf"{re.escape(prefix)}-(range-base|base[0-9]*|domid[0-9]+)\Z")
         problems = unsafe_account(existing)
+        if base is not None and base != existing.id:
+            problems.append(
+                f"{name} is at uid {existing.id}, not --base {base}: leave --base out, or move "
+                "the account (usermod --uid, groupmod --gid) while no VM runs"
+            )
         overlap = files.ids_in(block, ignore=lambda n: bool(own.match(n)))
         if overlap:
             problems.append(
@@ -251,7 +283,7 @@ def plan_single(files: AccountFiles, name: str, root: Path) -> ProvisionPlan:
         return ProvisionPlan(findings=tuple(unsafe_account(existing)), present=(name,))
     if files.group(name) is not None:
         return ProvisionPlan(findings=(_orphan_group(name),))
-    used = {u.id for u in files.users} | {g.id for g in files.groups}
+    used = files.ids()
     free = next((i for i in SYSTEM_IDS if i not in used), None)
     if free is None:
         raise PolicyRefusal(
@@ -275,7 +307,7 @@ def account_name(kind: str, prefix: str, name: str | None) -> str:
         if name is None:
             raise InvalidInput("provision user needs the domain's NAME")
         return validate_user_name(f"{prefix}-{name}", what="account")
-    return f"{prefix}-{kind}"
+    return f"{prefix}-range-base" if kind == "range" else f"{prefix}-{kind}"
 
 
 #: useradd(8) and groupadd(8): "invalid argument to option", which a refused name gives.
@@ -298,9 +330,13 @@ def apply_plan(plan: ProvisionPlan) -> None:
         if done.returncode == 0:
             created.append(command)
             continue
-        for earlier in reversed(created):
-            _undo(earlier)
+        left = [problem for earlier in reversed(created) if (problem := undo(earlier))]
         message = done.stderr.strip() or "no message"
+        if left:
+            raise EnvironmentFailure(
+                f"{shlex.join(command)} failed (exit {done.returncode}): {message}; and "
+                f"undoing what it did before failed: {'; '.join(left)}"
+            )
         if done.returncode == _INVALID_ARGUMENT and _BAD_NAME.search(message):
             raise InvalidInput(
                 f"this host's {command[0]} refuses the name {command[-1]!r} ({message}): "
@@ -312,8 +348,19 @@ def apply_plan(plan: ProvisionPlan) -> None:
         )
 
 
-def _undo(command: tuple[str, ...]) -> None:
-    """Remove what a successful groupadd or useradd of the same plan created."""
-    undo = {"groupadd": "groupdel", "useradd": "userdel"}[command[0]]
-    prefix = command[1:3] if command[1] == "--prefix" else ()
-    run_command([undo, *prefix, command[-1]])
+def undo(command: tuple[str, ...]) -> str | None:
+    """Remove what a successful groupadd or useradd of the same plan created.
+
+    Returns what is left and how to remove it, when the removal failed.
+    """
+    undo = [{"groupadd": "groupdel", "useradd": "userdel"}[command[0]]]
+    undo += [*command[1:3]] if command[1] == "--prefix" else []
+    undo.append(command[-1])
+    done = run_command(undo)
+    if done.returncode == 0:
+        return None
+    what = "group" if command[0] == "groupadd" else "user"
+    return (
+        f"{what} {command[-1]} is left ({shlex.join(undo)}: {done.stderr.strip() or 'no message'}"
+        f"): remove it by hand"
+    )

@@ -14,7 +14,12 @@ from pathlib import Path
 
 from qemu_depriv.accounts.nss import AccountLookup
 from qemu_depriv.accounts.nsswitch import NsSwitch, SourceKind, source_kind
-from qemu_depriv.accounts.provision import plan_range, read_account_files, unsafe_account
+from qemu_depriv.accounts.provision import (
+    AccountFiles,
+    plan_range,
+    read_account_files,
+    unsafe_account,
+)
 from qemu_depriv.accounts.sssd import FIX, domain_statuses
 from qemu_depriv.errors import AccountLookupError, EnvironmentFailure, QemuDeprivError
 from qemu_depriv.host import syscalls
@@ -74,7 +79,9 @@ def check_accounts(lookup: AccountLookup, prefix: str, root: Path) -> Iterator[F
             f"no {prefix}-range-base: domains without their own account are refused",
             "qemu-depriv provision range",
         )
-    findings = list(plan_range(files, prefix, root).findings if range_base else ())
+    findings = list(
+        plan_range(files, prefix, root, name=range_base.name).findings if range_base else ()
+    )
     # Every other device-model account once, linearly: a host with the seed's layout has
     # 65,536 of them.
     for user in files.users:
@@ -84,7 +91,7 @@ def check_accounts(lookup: AccountLookup, prefix: str, root: Path) -> Iterator[F
         message, _, fix = problem.partition(": ")
         yield Finding("accounts", False, message, fix)
     try:
-        reaper = lookup.user_by_name(f"{prefix}-reaper")
+        reaper = _reaper_uid(lookup, files, f"{prefix}-reaper", root)
     except AccountLookupError as exc:
         yield Finding("accounts", False, exc.message, "fix the NSS source it names")
         return
@@ -95,15 +102,27 @@ def check_accounts(lookup: AccountLookup, prefix: str, root: Path) -> Iterator[F
             f"no {prefix}-reaper: kill-by-uid falls back to the range base uid",
             "qemu-depriv provision reaper",
         )
-    elif pids := live_pids_of_uid(reaper.uid):
+    elif pids := live_pids_of_uid(reaper):
         yield Finding(
             "accounts",
             False,
-            f"{prefix}-reaper (uid {reaper.uid}) owns processes {pids[:5]}",
+            f"{prefix}-reaper (uid {reaper}) owns processes {pids[:5]}",
             "the reaper must own none: end them, and use the account for nothing else",
         )
     if not findings and range_base is not None:
         yield Finding("accounts", True, f"{range_base.name} at uid {range_base.id}")
+
+
+def _reaper_uid(lookup: AccountLookup, files: AccountFiles, name: str, root: Path) -> int | None:
+    """The reaper's uid, or None when there is no reaper.
+
+    Through NSS for this host (it may live in a directory), else in the alternate root's files.
+    """
+    if root != Path("/"):
+        entry = files.user(name)
+        return entry.id if entry is not None else None
+    account = lookup.user_by_name(name)
+    return account.uid if account is not None else None
 
 
 def check_sources(nsswitch: NsSwitch, exempt: frozenset[str], timeout: float) -> Iterator[Finding]:

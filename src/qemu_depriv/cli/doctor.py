@@ -8,6 +8,7 @@ from pathlib import Path
 
 from qemu_depriv.cli.context import Commands, Context
 from qemu_depriv.cli.output import emit_json
+from qemu_depriv.errors import InvalidInput
 
 
 def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
@@ -32,6 +33,8 @@ def run(args: argparse.Namespace, context: Context) -> int:
     from qemu_depriv.isolation.cgroups import CgroupHost
     from qemu_depriv.qemu.caps import CapsProbe
 
+    if not args.root.is_absolute() or not args.root.is_dir():
+        raise InvalidInput(f"--root {args.root}: give the absolute path of a directory")
     settings = context.settings
     findings = [
         *check_qemu(CapsProbe(), args.qemu),

@@ -44,8 +44,9 @@ def run(args: argparse.Namespace, context: Context) -> int:
     else:
         plan = plan_single(files, name, args.root)
     if plan.findings:
-        for finding in plan.findings:
-            print(f"{name}: {finding}")
+        if not context.as_json:  # with --json, the error object is the one document
+            for finding in plan.findings:
+                print(f"{name}: {finding}")
         raise PolicyRefusal(
             f"{name} exists but is unsafe ({'; '.join(plan.findings)}); left unchanged"
         )
@@ -66,6 +67,10 @@ def run(args: argparse.Namespace, context: Context) -> int:
 
 def _check_arguments(args: argparse.Namespace) -> None:
     """Refuse what no kind takes, before anything is read."""
+    if not args.root.is_absolute():
+        raise InvalidInput(
+            f"--root {args.root}: give an absolute path (useradd --prefix takes one)"
+        )
     if not args.root.is_dir():
         raise InvalidInput(f"--root {args.root}: not a directory")
     if args.name is not None and args.kind != "user":
