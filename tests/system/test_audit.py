@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import sqlite3
 import subprocess
 import time
@@ -13,8 +15,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from qemu_depriv.checks.audit import observe
 from qemu_depriv.host.procfs import read_status
+from qemu_depriv.isolation.cgroups import CgroupHost
 from tests.system.vmhost import GROUP, PASSWD, VmHost, wait_for
+from tests.unit.table_lookup import TableLookup
 
 HUMAN_UID = 250150
 #: Uids no account owns (as the range tier's), for the audit's lookups through NSS.
@@ -235,3 +240,44 @@ def test_a_hung_lookup_times_out_once_and_the_next_uid_is_still_looked_up(
     # Looked up after the hung one, on a fresh thread: found, and judged by its login shell.
     assert seen[alice]["user"] == "alice"
     assert "uid-human" in codes(seen[alice])
+
+
+def test_a_limit_set_on_a_group_above_counts() -> None:
+    """libvirt limits ``.../libvirt`` and runs QEMU in ``.../libvirt/emulator``: the kernel holds
+    the child group to its parent's limits, and so does the audit (real groups, cgroup v1)."""
+    placement = CgroupHost.detect().placement()
+    roots: dict[str, Path] = {c: placement[c][1] for c in ("memory", "pids") if c in placement}
+    if len(roots) < 2 or not all((root / "cgroup.procs").exists() for root in roots.values()):
+        pytest.skip("needs the memory and pids controllers")
+    if (roots["memory"] / "cgroup.subtree_control").exists():
+        pytest.skip("cgroup v1 only: a v2 child group needs the controllers delegated")
+    parents = {c: root / f"qd-audit-{os.getpid()}" for c, root in roots.items()}
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        for controller, parent in parents.items():
+            (parent / "emulator").mkdir(parents=True)
+            limit = "memory.limit_in_bytes" if controller == "memory" else "pids.max"
+            (parent / limit).write_text("268435456" if controller == "memory" else "64")
+            (parent / "emulator" / "cgroup.procs").write_text(str(child.pid))
+
+        def root(controller: str) -> Path | None:
+            return roots.get(controller)
+
+        (seen,) = observe([child.pid], TableLookup(), root)
+        assert (seen.memory_limited, seen.pids_limited) == (True, True)
+    finally:
+        child.kill()
+        child.wait()
+        for parent in parents.values():
+            wait_for(functools.partial(_removed, parent / "emulator"), 5)
+            _removed(parent)
+
+
+def _removed(group: Path) -> bool:
+    try:
+        group.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True

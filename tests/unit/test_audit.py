@@ -7,8 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from qemu_depriv.checks.audit import CODES, Observed, Severity, findings_for, summary
 from qemu_depriv.host.procfs import Snapshot, parse_cgroup, parse_limits, parse_status
+from qemu_depriv.vms.paths import claimed_domid
 from qemu_depriv.vms.store import LeaseState, Mode, VmRecord
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -121,8 +124,43 @@ def test_no_limits_names_only_the_limit_that_is_missing() -> None:
     assert "no cgroup memory limit, no cgroup task limit:" in message(both, "no-limits")
     cores = replace(observed(), snap=replace(observed().snap, limits={"core": (-1, -1)}))
     text = message(cores, "no-limits")
-    assert "core dumps allowed (RLIMIT_CORE unlimited)" in text
+    assert "core dumps allowed (RLIMIT_CORE soft unlimited, hard unlimited)" in text
     assert "memory" not in text.split(":")[0]
+    raisable = replace(observed(), snap=replace(observed().snap, limits={"core": (0, -1)}))
+    assert "(RLIMIT_CORE soft 0 bytes, hard unlimited)" in message(raisable, "no-limits")
+
+
+def test_capabilities_in_a_user_namespace_of_its_own_are_not_over_the_host() -> None:
+    """An unprivileged uid mapped to root in its own user namespace, as rootless containers."""
+    host = {**HOST_NS, "user": "user:[5]"}
+    caps = observed(cap_eff=0x1FFFFFFFFFF, ours=None)
+    own = replace(
+        caps, snap=replace(caps.snap, namespaces={**caps.snap.namespaces, "user": "user:[15]"})
+    )
+    shared = replace(
+        caps, snap=replace(caps.snap, namespaces={**caps.snap.namespaces, "user": "user:[5]"})
+    )
+    judged = findings_for([own, shared], [], state_dir=STATE, host_namespaces=host)
+    codes = {a.observed.snap.namespaces["user"]: {f.code for f in a.findings} for a in judged}
+    assert "caps" not in codes["user:[15]"]
+    assert "caps" in codes["user:[5]"]
+
+
+@pytest.mark.parametrize(
+    ("words", "domid"),
+    [
+        (["-qmp", f"unix:{STATE}/vms/3/qmp.sock,server=on,wait=off"], "3"),
+        (["-chardev", f"socket,id=m,path={STATE}/vms/4/qmp.sock"], "4"),
+        ([f"{STATE}/vms/5/qemu.log"], "5"),
+        (["-qmp", f"unix:/tmp/other{STATE}/vms/3/qmp.sock,server=on"], None),
+        (["-qmp", f"unix:{STATE}x/vms/3/qmp.sock"], None),
+    ],
+)
+def test_a_run_directory_is_claimed_only_where_a_path_starts(
+    words: list[str], domid: str | None
+) -> None:
+    """A directory elsewhere whose path merely ends like the state directory's is not ours."""
+    assert claimed_domid(STATE, words) == domid
 
 
 def test_a_qemu_without_a_network_device_should_have_its_own_network_namespace() -> None:

@@ -77,7 +77,11 @@ CODES: dict[str, tuple[Severity, str]] = {
     ),
     "no-seccomp": (Severity.WARNING, "start it with -sandbox on"),
     "no-chroot": (Severity.WARNING, "start it with -chroot EMPTYDIR (or -run-with chroot=)"),
-    "no-namespaces": (Severity.WARNING, "start it in its own mount, IPC and PID namespaces"),
+    "no-namespaces": (
+        Severity.WARNING,
+        "start it in its own mount, IPC and PID namespaces, and network namespace when it has "
+        "no network",
+    ),
     "no-limits": (
         Severity.WARNING,
         "limit its memory and tasks with a cgroup and set RLIMIT_CORE to 0",
@@ -189,9 +193,16 @@ def _uid_root(o: Observed, _c: _Context) -> Finding | None:
     return _finding("uid-root", f"pid {o.snap.pid} runs with uid 0 (uids {list(uids)})")
 
 
-def _caps(o: Observed, _c: _Context) -> Finding | None:
+def _caps(o: Observed, c: _Context) -> Finding | None:
+    """Capabilities over the host.
+
+    Those held in a user namespace of its own are over that namespace alone (an unprivileged
+    uid mapped to root in it, as rootless containers run).
+    """
     caps = o.snap.status.cap_eff
-    return _finding("caps", f"pid {o.snap.pid} holds capabilities {caps:#x}") if caps else None
+    if not caps or o.snap.namespaces.get("user") != c.host_namespaces.get("user"):
+        return None
+    return _finding("caps", f"pid {o.snap.pid} holds capabilities {caps:#x}")
 
 
 def _uid_human(o: Observed, _c: _Context) -> Finding | None:
@@ -253,8 +264,8 @@ def _no_limits(o: Observed, _c: _Context) -> Finding | None:
         missing.append("no cgroup task limit")
     core = o.snap.limits.get("core", (0, 0))
     if core != (0, 0):
-        shown = "unlimited" if UNLIMITED in core else f"{core[0]}/{core[1]} bytes"
-        missing.append(f"core dumps allowed (RLIMIT_CORE {shown})")
+        soft, hard = ("unlimited" if n == UNLIMITED else f"{n} bytes" for n in core)
+        missing.append(f"core dumps allowed (RLIMIT_CORE soft {soft}, hard {hard})")
     if not missing:
         return None
     return _finding("no-limits", f"pid {o.snap.pid} has {', '.join(missing)}")
@@ -337,12 +348,23 @@ class _Limits:
         self._known: dict[tuple[str, str], bool] = {}
 
     def limited(self, snap: Snapshot, controller: str) -> bool:
-        """Whether ``snap``'s group of ``controller`` sets a limit."""
+        """Whether ``snap``'s group of ``controller``, or a group above it, sets a limit.
+
+        The kernel holds a group to its parents' limits too: libvirt puts QEMU in an
+        ``emulator`` group below the one it limits, systemd a service's processes below its
+        unit's.
+        """
         path, root = controller_path(snap.cgroups, controller), self._cgroup_root(controller)
         if path is None or root is None:
             return False
+        return self._group_limited(root, path.rstrip("/") or "/", controller)
+
+    def _group_limited(self, root: Path, path: str, controller: str) -> bool:
         if (controller, path) not in self._known:
-            self._known[controller, path] = _limit_set(f"{root}/{path.lstrip('/')}", controller)
+            limited = _limit_set(f"{root}/{path.lstrip('/')}", controller)
+            if not limited and path != "/":
+                limited = self._group_limited(root, path.rsplit("/", 1)[0] or "/", controller)
+            self._known[controller, path] = limited
         return self._known[controller, path]
 
 

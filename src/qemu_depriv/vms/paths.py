@@ -8,6 +8,7 @@ find ours among all the QEMUs of a host.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +40,12 @@ def vm_paths(state_dir: Path, domid: int) -> VmPaths:
 def claimed_domid(state_dir: Path, words: Iterable[str]) -> str | None:
     """The domid whose run directory of ``state_dir`` a command line names, or None.
 
-    Returned as written (a string): a forged command line may name anything there.
+    Returned as written (a string): a forged command line may name anything there.  The
+    directory must start a path: the word itself, or a value after ``:``, ``=`` or ``,``
+    (``unix:DIR/vms/3/qmp.sock``, ``path=...``); ``/other/DIR/vms/3`` is not in ``DIR``.
     """
-    marker = f"{state_dir}/vms/"
+    claim = re.compile(rf"(?:\A|[:=,]){re.escape(f'{state_dir}/vms/')}([^/,]*)")
     for word in words:
-        if marker in word:
-            return word.split(marker, 1)[1].split("/", 1)[0]
+        if found := claim.search(word):
+            return found.group(1)
     return None
