@@ -181,3 +181,9 @@ def test_each_check_names_what_it_saw() -> None:
     assert messages["no-seccomp"].startswith("pid 100 has no seccomp filter")
     assert messages["no-chroot"].startswith("pid 100 sees the host's whole filesystem")
     assert "shares the host's mnt, ipc, pid, net namespaces" in messages["no-namespaces"]
+
+
+def test_gid_0_is_root_enough() -> None:
+    """setpriv --reuid=N --regid=0: no uid 0, but root's group."""
+    grouped = observed(gids=(0, 0, 0, 0), ours=None)
+    assert message(grouped, "uid-root").startswith("pid 100 runs with gid 0 (gids [0, 0, 0, 0])")

@@ -56,7 +56,10 @@ class Severity(IntEnum):
 
 #: Every finding: its severity and the fix its message ends with.
 CODES: dict[str, tuple[Severity, str]] = {
-    "uid-root": (Severity.CRITICAL, "run it with -runas (qemu-depriv launch does)"),
+    "uid-root": (
+        Severity.CRITICAL,
+        "run it with -runas as an account of its own group (qemu-depriv does)",
+    ),
     "caps": (Severity.CRITICAL, "drop its capabilities: run it as an unprivileged account"),
     "uid-human": (
         Severity.CRITICAL,
@@ -187,10 +190,13 @@ class _Context:
 
 
 def _uid_root(o: Observed, _c: _Context) -> Finding | None:
-    uids = o.snap.status.uids
-    if 0 not in uids:
-        return None
-    return _finding("uid-root", f"pid {o.snap.pid} runs with uid 0 (uids {list(uids)})")
+    """Uid 0, or gid 0: root's group reaches what the host leaves readable or writable to it."""
+    uids, gids = o.snap.status.uids, o.snap.status.gids
+    if 0 in uids:
+        return _finding("uid-root", f"pid {o.snap.pid} runs with uid 0 (uids {list(uids)})")
+    if 0 in gids:
+        return _finding("uid-root", f"pid {o.snap.pid} runs with gid 0 (gids {list(gids)})")
+    return None
 
 
 def _caps(o: Observed, c: _Context) -> Finding | None:
