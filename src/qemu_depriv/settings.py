@@ -183,11 +183,14 @@ def _settings_from(path: Path, data: dict[str, Any]) -> Settings:
         if not data["xen_qemu"].startswith("/"):
             raise InvalidInput(f"config {path}: xen_qemu must be an absolute path to QEMU")
         settings = replace(settings, xen_qemu=data["xen_qemu"])
-    return settings.with_overrides(
-        prefix=data.get("prefix"),
-        restrict=data.get("restrict"),
-        state_dir=data.get("state_dir"),
-    )
+    try:
+        return settings.with_overrides(
+            prefix=data.get("prefix"),
+            restrict=data.get("restrict"),
+            state_dir=data.get("state_dir"),
+        )
+    except InvalidInput as exc:
+        raise InvalidInput(f"config {path}: {exc.message}") from exc
 
 
 _KINDS = {

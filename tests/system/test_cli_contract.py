@@ -171,6 +171,16 @@ def test_stopping_an_unknown_vm_creates_no_state(
     assert not (tmp_path / "s").exists()
 
 
+def test_a_key_of_unicode_digits_is_a_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'²' is a digit to str.isdigit, and no domid: stop looks for a VM of that name."""
+    state = tmp_path / "s"
+    StateStore(state).reserve("web", None, mode=Mode.STANDALONE, owner=current_owner())
+    assert main(["--state-dir", str(state), "stop", "\u00b2"]) == 2
+    assert "no VM named or with domid '\u00b2'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "3601", "ten"])
 @pytest.mark.parametrize(
     "command",

@@ -316,3 +316,10 @@ def test_an_undo_that_fails_says_what_is_left(tmp_path: Path) -> None:
     assert left is not None
     assert left.startswith(f"group nosuch is left (groupdel --prefix {root} nosuch: ")
     assert left.endswith("): remove it by hand")
+
+
+def test_doctor_names_an_unsafe_seed_range_base_once(tmp_path: Path) -> None:
+    root = make_root(tmp_path, passwd=(f"{P}-base:x:131072:131072::/home/b:/bin/bash",))
+    done = cli("doctor", "--root", str(root), "--state-dir", str(tmp_path / "state"))
+    shells = [line for line in done.stdout.splitlines() if "login shell" in line]
+    assert len(shells) == 1, done.stdout

@@ -6,6 +6,7 @@ import contextlib
 import os
 import sqlite3
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -196,3 +197,57 @@ def test_a_damaged_store_says_so_and_names_its_file(
     }  # fmt: skip
     with pytest.raises(EnvironmentFailure, match=f"state store {store.path} is damaged"):
         calls[read]()
+
+
+def test_the_root_tier_may_run_more_than_one_vm(tmp_path: Path) -> None:
+    """With restrict off, the last resort is root for each VM: no uid clash between them,
+    also in a store whose index was made before (it covered the root tier)."""
+    state = tmp_path / "s"
+    made = StateStore(state)
+    made.leases()  # creates it
+    made.close()
+    with contextlib.closing(sqlite3.connect(state / "state.db")) as db:
+        db.execute("DROP INDEX one_vm_per_uid_but_shared_and_root")
+        db.execute(
+            "CREATE UNIQUE INDEX one_vm_per_uid ON vms (uid) "
+            "WHERE uid IS NOT NULL AND tier IS NOT 'shared'"
+        )
+        db.commit()
+    store = StateStore(state)
+    root = Decision(Tier.ROOT, None, 0, 0, (0,), None, kill_by_uid=False)
+    for name in ("a", "b"):
+        store.assign(store.reserve(name, None, mode=Mode.STANDALONE, owner=ME), root, uid_busy=True)
+    assert [(r.name, r.uid) for r in store.all()] == [("a", 0), ("b", 0)]
+    second = store.reserve("c", None, mode=Mode.STANDALONE, owner=ME)
+    store.assign(1, DECISION, uid_busy=False)
+    with pytest.raises(PolicyRefusal, match="already held by domain 'a'"):
+        store.assign(second, DECISION, uid_busy=False)
+
+
+def test_a_state_directory_of_root_tells_another_user_to_run_as_root() -> None:
+    """Not an unsafe directory (it is root's alone): the command needs root."""
+    state = Path(tempfile.mkdtemp(prefix="qd", dir="/tmp"))  # 0700, root's; /tmp lets all see it
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: nobody, no exec
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            StateStore(state).all()
+        except EnvironmentFailure as exc:
+            os.write(write_end, exc.message.encode())
+            code = 0
+        finally:
+            os._exit(code)
+    try:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as reader:
+            said = reader.read().decode()
+        assert os.waitpid(pid, 0)[1] == 0
+        assert said == f"state directory {state} is root's: run qemu-depriv as root"
+        assert list(state.iterdir()) == []
+    finally:
+        state.rmdir()

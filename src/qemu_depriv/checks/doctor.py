@@ -85,7 +85,7 @@ def check_accounts(lookup: AccountLookup, prefix: str, root: Path) -> Iterator[F
     # Every other device-model account once, linearly: a host with the seed's layout has
     # 65,536 of them.
     for user in files.users:
-        if user.name.startswith(f"{prefix}-") and user.name != f"{prefix}-range-base":
+        if user.name.startswith(f"{prefix}-") and (range_base is None or user != range_base):
             findings += unsafe_account(user)
     for problem in findings:
         message, _, fix = problem.partition(": ")

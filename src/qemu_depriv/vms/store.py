@@ -61,8 +61,8 @@ CREATE TABLE IF NOT EXISTS vms (
     supervised INTEGER NOT NULL DEFAULT 0,
     taps TEXT
 );
-CREATE UNIQUE INDEX IF NOT EXISTS one_vm_per_uid ON vms (uid)
-    WHERE uid IS NOT NULL AND tier IS NOT 'shared';
+CREATE UNIQUE INDEX IF NOT EXISTS one_vm_per_uid_but_shared_and_root ON vms (uid)
+    WHERE uid IS NOT NULL AND tier NOT IN ('shared', 'root');
 """
 
 
@@ -179,6 +179,8 @@ def _migrate(connection: sqlite3.Connection) -> None:
             except sqlite3.OperationalError as exc:  # another process added it meanwhile
                 if "duplicate column" not in str(exc):
                     raise
+    # Before the root tier could run more than one VM, the index covered it.
+    connection.execute("DROP INDEX IF EXISTS one_vm_per_uid")
     (sql,) = connection.execute("SELECT sql FROM sqlite_master WHERE name = 'vms'").fetchone()
     if "'stopping'" not in sql:  # before the stopping state: rebuild with the new CHECK
         names = ", ".join(
@@ -186,9 +188,20 @@ def _migrate(connection: sqlite3.Connection) -> None:
         )  # its own column names
         copy = f"INSERT INTO vms ({names}) SELECT {names} FROM vms_old;"  # noqa: S608 - not input
         connection.executescript(
-            "BEGIN IMMEDIATE; ALTER TABLE vms RENAME TO vms_old; DROP INDEX one_vm_per_uid;"
+            "BEGIN IMMEDIATE; ALTER TABLE vms RENAME TO vms_old; "
+            "DROP INDEX IF EXISTS one_vm_per_uid_but_shared_and_root;"
             f"{SCHEMA} {copy} DROP TABLE vms_old; COMMIT;"
         )
+
+
+#: SQLite's primary result codes for a file that is not, or no longer, a sound database.
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+def _corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite found the file damaged (not a refused constraint, a lock or an I/O error)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
 
 
 def private_directory(path: Path) -> None:
@@ -217,6 +230,8 @@ def private_directory(path: Path) -> None:
         raise EnvironmentFailure(f"state directory {path}: {exc.strerror}") from exc
     if not path.is_dir():
         raise InvalidInput(f"state directory {path} is not a directory: check --state-dir")
+    if info.st_uid == 0 and os.geteuid() != 0:
+        raise EnvironmentFailure(f"state directory {path} is root's: run qemu-depriv as root")
     if info.st_uid != os.geteuid() or info.st_mode & 0o077:
         raise InvalidInput(
             f"state directory {path} is owned by uid {info.st_uid} with mode "
@@ -280,6 +295,10 @@ class StateStore:
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.executescript(SCHEMA)
             _migrate(connection)
+        except sqlite3.DatabaseError as exc:
+            if _corrupt(exc):
+                raise self._damaged(exc) from exc
+            raise EnvironmentFailure(f"state store {self.path}: {exc}") from exc
         except (OSError, sqlite3.Error) as exc:
             raise EnvironmentFailure(
                 f"state store {self.path}: {exc}: check --state-dir (it must be root's)"
@@ -308,7 +327,9 @@ class StateStore:
         except sqlite3.DatabaseError as exc:
             with suppress(sqlite3.Error):
                 connection.execute("ROLLBACK")
-            raise self._damaged(exc) from exc
+            if _corrupt(exc):
+                raise self._damaged(exc) from exc
+            raise
         except BaseException:
             connection.execute("ROLLBACK")
             raise
@@ -339,11 +360,20 @@ class StateStore:
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
-        """The connection, for reads whose rows become records: a damaged store says so."""
+        """The connection, for reads: a store SQLite finds corrupt says so."""
         connection = self._connect()
         try:
             yield connection
-        except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as exc:
+        except sqlite3.DatabaseError as exc:
+            if _corrupt(exc):
+                raise self._damaged(exc) from exc
+            raise
+
+    def _decoded(self, row: sqlite3.Row) -> VmRecord:
+        """The record of ``row``; a row whose values do not decode is damage."""
+        try:
+            return _record(row)
+        except (ValueError, KeyError) as exc:
             raise self._damaged(exc) from exc
 
     def reserve(
@@ -483,20 +513,21 @@ class StateStore:
         """Return the VM with ``domid``, or None."""
         with self._reading() as db:
             row = db.execute("SELECT * FROM vms WHERE domid = ?", (domid,)).fetchone()
-            return _record(row) if row else None
+        return self._decoded(row) if row else None
 
     def find(self, key: str) -> VmRecord | None:
         """Return the VM named ``key``, or whose domid ``key`` is, or None."""
         with self._reading() as db:
             row = db.execute("SELECT * FROM vms WHERE name = ?", (key,)).fetchone()
-            if row is None and key.isdigit():
+            if row is None and key.isascii() and key.isdigit():
                 row = db.execute("SELECT * FROM vms WHERE domid = ?", (int(key),)).fetchone()
-            return _record(row) if row else None
+        return self._decoded(row) if row else None
 
     def all(self) -> list[VmRecord]:
         """Every VM, by domid."""
         with self._reading() as db:
-            return [_record(row) for row in db.execute("SELECT * FROM vms ORDER BY domid")]
+            rows = db.execute("SELECT * FROM vms ORDER BY domid").fetchall()
+        return [self._decoded(row) for row in rows]
 
     def leases(self) -> list[Lease]:
         """Every VM's name, domid, QEMU and uid, by domid: what the audit matches processes to.
@@ -519,7 +550,10 @@ class StateStore:
                 "SELECT domid, state, pid, start_time, owner_pid, owner_start, supervised "
                 "FROM vms ORDER BY domid"
             ).fetchall()
+        try:
             states = [LeaseState(row["state"]) for row in rows]
+        except ValueError as exc:
+            raise self._damaged(exc) from exc
         found = []
         for row, state in zip(rows, states, strict=True):
             pid, started = row["pid"], row["start_time"]
