@@ -74,11 +74,13 @@ def recover(teardown: Teardown) -> RecoveryReport:
         signal_pid(pid, started, signal.SIGKILL)
         wait_until(partial(has_exited, pid, started), 5.0)
         report.orphans_killed.append(pid)
+        if uid == 0:  # root is never killed by uid
+            continue
         # What it forked may still run as its uid, even if it exited before the kill.  Once
         # nothing of the uid is left alive, a launch may take it, and the processes of the uid
         # are then that VM's: the leases are read now, and held still until the kill is done.
         with teardown.store.locked():
-            if uid != 0 and teardown.live_pids(uid) and uid not in _held_uids(teardown):
+            if teardown.live_pids(uid) and uid not in _held_uids(teardown):
                 teardown.kill_uid(uid)
     held = {str(lease.domid) for lease in leases}
     for sub in ("vms", "chroot"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -228,7 +229,7 @@ def private_directory(path: Path) -> None:
         info = path.stat()
     except OSError as exc:
         raise EnvironmentFailure(f"state directory {path}: {exc.strerror}") from exc
-    if not path.is_dir():
+    if not stat.S_ISDIR(info.st_mode):
         raise InvalidInput(f"state directory {path} is not a directory: check --state-dir")
     if info.st_uid == 0 and os.geteuid() != 0:
         raise EnvironmentFailure(f"state directory {path} is root's: run qemu-depriv as root")
@@ -314,29 +315,24 @@ class StateStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        connection = self._connect()
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise EnvironmentFailure(
-                f"state store {self.path} is busy ({exc}) after {self._busy_timeout} s: "
-                "another qemu-depriv holds it; try again"
-            ) from exc
-        try:
-            yield connection
-        except sqlite3.DatabaseError as exc:
-            with suppress(sqlite3.Error):
-                connection.execute("ROLLBACK")
-            if _corrupt(exc):
-                raise self._damaged(exc) from exc
-            raise
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        try:
-            connection.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise EnvironmentFailure(f"state store {self.path}: commit failed: {exc}") from exc
+        with self._using() as connection:
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise EnvironmentFailure(
+                    f"state store {self.path} is busy ({exc}) after {self._busy_timeout} s: "
+                    "another qemu-depriv holds it; try again"
+                ) from exc
+            try:
+                yield connection
+            except BaseException:
+                with suppress(sqlite3.Error):  # a damaged store may refuse it too
+                    connection.execute("ROLLBACK")
+                raise
+            try:
+                connection.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise EnvironmentFailure(f"state store {self.path}: commit failed: {exc}") from exc
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -359,8 +355,8 @@ class StateStore:
         )
 
     @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        """The connection, for reads: a store SQLite finds corrupt says so."""
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for reads and transactions: a store SQLite finds corrupt says so."""
         connection = self._connect()
         try:
             yield connection
@@ -511,13 +507,13 @@ class StateStore:
 
     def get(self, domid: int) -> VmRecord | None:
         """Return the VM with ``domid``, or None."""
-        with self._reading() as db:
+        with self._using() as db:
             row = db.execute("SELECT * FROM vms WHERE domid = ?", (domid,)).fetchone()
         return self._decoded(row) if row else None
 
     def find(self, key: str) -> VmRecord | None:
         """Return the VM named ``key``, or whose domid ``key`` is, or None."""
-        with self._reading() as db:
+        with self._using() as db:
             row = db.execute("SELECT * FROM vms WHERE name = ?", (key,)).fetchone()
             if row is None and key.isascii() and key.isdigit():
                 row = db.execute("SELECT * FROM vms WHERE domid = ?", (int(key),)).fetchone()
@@ -525,7 +521,7 @@ class StateStore:
 
     def all(self) -> list[VmRecord]:
         """Every VM, by domid."""
-        with self._reading() as db:
+        with self._using() as db:
             rows = db.execute("SELECT * FROM vms ORDER BY domid").fetchall()
         return [self._decoded(row) for row in rows]
 
@@ -535,7 +531,7 @@ class StateStore:
         Without the decision, layers and verification, whose JSON made most of the cost of
         reading 200 records.
         """
-        with self._reading() as db:
+        with self._using() as db:
             rows = db.execute("SELECT domid, name, pid, start_time, uid FROM vms ORDER BY domid")
             return [Lease(**dict(row)) for row in rows.fetchall()]
 
@@ -545,7 +541,7 @@ class StateStore:
         Every launch and stop asks this first: it reads only the columns that say so, and
         the whole record (decision, layers, verification) of only the VMs it finds.
         """
-        with self._reading() as db:
+        with self._using() as db:
             rows = db.execute(
                 "SELECT domid, state, pid, start_time, owner_pid, owner_start, supervised "
                 "FROM vms ORDER BY domid"
