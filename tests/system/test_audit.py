@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from qemu_depriv.checks.audit import observe
 from qemu_depriv.host.procfs import read_status
-from qemu_depriv.isolation.cgroups import CgroupHost
+from qemu_depriv.isolation.cgroups import CgroupHost, remove_empty_group
 from tests.system.vmhost import GROUP, PASSWD, VmHost, wait_for
 from tests.unit.table_lookup import TableLookup
 
@@ -269,15 +269,5 @@ def test_a_limit_set_on_a_group_above_counts() -> None:
         child.kill()
         child.wait()
         for parent in parents.values():
-            wait_for(functools.partial(_removed, parent / "emulator"), 5)
-            _removed(parent)
-
-
-def _removed(group: Path) -> bool:
-    try:
-        group.rmdir()
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return True
+            wait_for(functools.partial(remove_empty_group, parent / "emulator"), 5)
+            remove_empty_group(parent)

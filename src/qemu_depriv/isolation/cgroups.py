@@ -204,7 +204,7 @@ class CgroupHost:
 GONE = (errno.ENOENT, errno.ENODEV)
 
 
-def _removed(directory: Path) -> bool:
+def remove_empty_group(directory: Path) -> bool:
     """Remove an empty group's directory; False while the kernel still holds it busy."""
     try:
         directory.rmdir()
@@ -378,7 +378,7 @@ class VmCgroup:
             EnvironmentFailure: a directory stayed busy.
         """
         for directory in self.directories():
-            if not wait_until(functools.partial(_removed, directory), 1.0):
+            if not wait_until(functools.partial(remove_empty_group, directory), 1.0):
                 raise EnvironmentFailure(f"cgroup {directory} stays busy: remove it by hand")
 
 
