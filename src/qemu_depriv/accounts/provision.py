@@ -164,6 +164,18 @@ def _subordinate(path: Path) -> tuple[range, ...]:
     return tuple(ranges)
 
 
+def check_root(root: Path) -> None:
+    """Refuse a ``--root`` that is not an absolute directory (``useradd --prefix`` takes one).
+
+    Raises:
+        InvalidInput: it is relative, missing or not a directory.
+    """
+    if not root.is_absolute() or not root.is_dir():
+        raise InvalidInput(
+            f"--root {root}: give the absolute path of a directory (useradd --prefix takes one)"
+        )
+
+
 def read_account_files(root: Path) -> AccountFiles:
     """Read the account files under ``root``.
 

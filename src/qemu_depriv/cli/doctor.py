@@ -8,7 +8,6 @@ from pathlib import Path
 
 from qemu_depriv.cli.context import Commands, Context
 from qemu_depriv.cli.output import emit_json
-from qemu_depriv.errors import InvalidInput
 
 
 def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
@@ -22,6 +21,7 @@ def add_parser(commands: Commands, parent: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, context: Context) -> int:
     """Run every check; exit 1 when something needs fixing."""
     from qemu_depriv.accounts.nsswitch import read_nsswitch
+    from qemu_depriv.accounts.provision import check_root
     from qemu_depriv.checks.doctor import (
         check_accounts,
         check_cgroups,
@@ -33,8 +33,7 @@ def run(args: argparse.Namespace, context: Context) -> int:
     from qemu_depriv.isolation.cgroups import CgroupHost
     from qemu_depriv.qemu.caps import CapsProbe
 
-    if not args.root.is_absolute() or not args.root.is_dir():
-        raise InvalidInput(f"--root {args.root}: give the absolute path of a directory")
+    check_root(args.root)
     settings = context.settings
     findings = [
         *check_qemu(CapsProbe(), args.qemu),

@@ -67,12 +67,9 @@ def run(args: argparse.Namespace, context: Context) -> int:
 
 def _check_arguments(args: argparse.Namespace) -> None:
     """Refuse what no kind takes, before anything is read."""
-    if not args.root.is_absolute():
-        raise InvalidInput(
-            f"--root {args.root}: give an absolute path (useradd --prefix takes one)"
-        )
-    if not args.root.is_dir():
-        raise InvalidInput(f"--root {args.root}: not a directory")
+    from qemu_depriv.accounts.provision import check_root
+
+    check_root(args.root)
     if args.name is not None and args.kind != "user":
         raise InvalidInput(f"provision {args.kind} takes no NAME (only 'provision user NAME')")
     if args.base is not None and args.kind != "range":
